@@ -1,0 +1,143 @@
+"""The backend interface: what the helper needs from a hypervisor, and nothing more.
+
+A backend lists domains, resolves a name to a domain (identified by UUID from then on), reports
+state, performs the power actions, sends SysRq, opens a console stream and emits lifecycle
+events. It never decides who may do what (that is the policy's job) and never sees a user name.
+Domain names reaching a backend have been validated by the helper, and actions are only ever
+called with a UUID the backend itself returned.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class BackendConfigError(Exception):
+    """The ``[backend]`` config table is unusable; raised at start-up, never to a tenant."""
+
+
+class DomainState(str, Enum):
+    RUNNING = "running"
+    SHUTOFF = "shutoff"
+    PAUSED = "paused"
+    CRASHED = "crashed"
+    STARTING = "starting"
+    SHUTTING_DOWN = "shutting-down"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """A snapshot of one domain, as ``status --json`` shows it."""
+
+    name: str
+    uuid: str
+    state: DomainState
+    vcpus: int
+    memory_mib: int
+    uptime_seconds: int | None
+    host: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "state": self.state.value,
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "uptime_seconds": self.uptime_seconds,
+            "host": self.host,
+        }
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """A backend event: ``kind`` is one of started stopped crashed rebooted shutdown migrated."""
+
+    kind: str
+    uuid: str
+    name: str
+    detail: str = ""
+
+
+EventSink = Callable[[LifecycleEvent], None]
+
+
+class ConsoleStream(abc.ABC):
+    """One open console of one domain: raw bytes out of the guest, raw bytes into it."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes:
+        """Next chunk of guest output; ``b""`` when the stream has ended."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send keystrokes to the guest."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the stream; idempotent."""
+
+
+class Backend(abc.ABC):
+    """A hypervisor. Errors are raised as ``vpsshell.errors.VpsError`` subclasses:
+    ``ActionFailed`` for a wrong state or a refused action, ``TemporaryFailure`` when the
+    hypervisor cannot be reached right now."""
+
+    kind: str = "base"
+
+    def __init__(self) -> None:
+        self._event_sinks: list[EventSink] = []
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect or load state; called once before any other method."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release everything; called once at helper shutdown."""
+
+    def subscribe(self, sink: EventSink) -> None:
+        """Register a callback for lifecycle events."""
+        self._event_sinks.append(sink)
+
+    def emit(self, event: LifecycleEvent) -> None:
+        for sink in self._event_sinks:
+            sink(event)
+
+    @abc.abstractmethod
+    async def list_domains(self) -> list[DomainInfo]:
+        """Every domain this backend knows, in a stable order."""
+
+    @abc.abstractmethod
+    async def lookup(self, name: str) -> DomainInfo | None:
+        """The domain called ``name`` (exact match), or None. Never matches numeric ids."""
+
+    @abc.abstractmethod
+    async def info(self, uuid: str) -> DomainInfo:
+        """Current state of the domain with this UUID."""
+
+    @abc.abstractmethod
+    async def start(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    async def shutdown(self, uuid: str) -> None:
+        """Ask the guest to shut down gracefully; returns once the request is delivered."""
+
+    @abc.abstractmethod
+    async def reboot(self, uuid: str) -> None: ...
+
+    @abc.abstractmethod
+    async def poweroff(self, uuid: str) -> None:
+        """Hard stop, no guest sync."""
+
+    @abc.abstractmethod
+    async def reset(self, uuid: str) -> None:
+        """Hard reset of a running domain."""
+
+    @abc.abstractmethod
+    async def sysrq(self, uuid: str, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def open_console(self, uuid: str) -> ConsoleStream: ...

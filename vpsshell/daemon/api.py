@@ -1,0 +1,381 @@
+"""The tenant API: each operation declared once, each request sanitized, authorized, acted on.
+
+Every handler follows the same path: the envelope and arguments are checked (values from the
+socket are ``untrusted_*`` until then), the caller is authorized against the policy for the
+operation's action on the named domain, the name is resolved to a backend UUID, and only then
+does the backend act. "Not allowed" and "does not exist" produce the same error. One audit
+line is written per request, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from vpsshell import __version__, protocol
+from vpsshell.backends.base import Backend, DomainInfo, DomainState
+from vpsshell.daemon.audit import AuditLog
+from vpsshell.daemon.config import Limits
+from vpsshell.daemon.peer import Caller
+from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.errors import (
+    Denied,
+    TemporaryFailure,
+    UsageError,
+    VpsError,
+    not_found_or_denied,
+)
+
+log = logging.getLogger("vpsshell.api")
+
+DOMAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+MAX_REQUEST_ID = 2**53
+WAIT_POLL_SECONDS = 0.2
+PROGRESS_EVERY_SECONDS = 5.0
+
+Progress = Callable[[str], Awaitable[None]]
+
+
+class Request(NamedTuple):
+    """A request after sanitizing: only validated values from here on."""
+
+    id: int
+    op: str
+    caller: Caller
+    domain: str | None
+    args: dict[str, Any]
+    progress: Progress
+
+
+class Target(NamedTuple):
+    """An authorized domain: its backend snapshot and the rule that allowed it."""
+
+    info: DomainInfo
+    rule: str | None
+
+
+Handler = Callable[["TenantApi", Request, Target | None], Awaitable[Any]]
+
+
+class Operation(NamedTuple):
+    name: str
+    action: str | None  # policy action, None for operations that need no domain
+    domain: str  # none | required
+    sanitize_args: Callable[[dict[str, Any], Limits], dict[str, Any]]
+    handler: Handler
+
+
+OPERATIONS: dict[str, Operation] = {}
+
+
+def _no_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    extra = set(untrusted) - {"domain"}
+    if extra:
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    return {}
+
+
+def _shutdown_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    extra = set(untrusted) - {"domain", "wait", "force"}
+    if extra:
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    force = untrusted.get("force", False)
+    if not isinstance(force, bool):
+        raise UsageError("force: expected true or false")
+    wait: int | None = None
+    if "wait" in untrusted or force:
+        untrusted_wait = untrusted.get("wait")
+        if untrusted_wait is None:
+            wait = limits.shutdown_wait_default_seconds
+        elif (
+            isinstance(untrusted_wait, int)
+            and not isinstance(untrusted_wait, bool)
+            and 0 <= untrusted_wait <= limits.shutdown_wait_max_seconds
+        ):
+            wait = untrusted_wait
+        else:
+            raise UsageError(f"wait: expected 0..{limits.shutdown_wait_max_seconds} seconds")
+    return {"wait": wait, "force": force}
+
+
+def operation(
+    name: str,
+    *,
+    action: str | None = None,
+    domain: str = "none",
+    args: Callable[[dict[str, Any], Limits], dict[str, Any]] = _no_args,
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        OPERATIONS[name] = Operation(name, action, domain, args, handler)
+        return handler
+
+    return register
+
+
+class TokenBucket:
+    """Per-user request budget: ``rate_per_minute`` sustained, bursts up to a quarter of it."""
+
+    def __init__(self, rate_per_minute: int) -> None:
+        self.rate = rate_per_minute / 60.0
+        self.capacity = max(10.0, rate_per_minute / 4)
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    def take(self, uid: int) -> bool:
+        now = time.monotonic()
+        tokens, stamp = self._buckets.get(uid, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - stamp) * self.rate)
+        if tokens < 1.0:
+            self._buckets[uid] = (tokens, now)
+            return False
+        self._buckets[uid] = (tokens - 1.0, now)
+        return True
+
+
+def _message(info: DomainInfo, verb: str) -> dict[str, Any]:
+    return {"domain": info.name, "state": info.state.value, "message": f"{info.name}: {verb}"}
+
+
+class TenantApi:
+    def __init__(
+        self, backend: Backend, policy: PolicyState, audit: AuditLog, limits: Limits
+    ) -> None:
+        self.backend = backend
+        self.policy = policy
+        self.audit = audit
+        self.limits = limits
+        self.rate = TokenBucket(limits.requests_per_minute)
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def handle(
+        self,
+        caller: Caller,
+        untrusted: dict[str, Any],
+        progress: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> dict[str, Any]:
+        """Answer one request message; always returns a reply and writes one audit line."""
+        started = time.monotonic()
+        untrusted_id = untrusted.get("id")
+        request_id = (
+            untrusted_id
+            if isinstance(untrusted_id, int) and 0 <= untrusted_id < MAX_REQUEST_ID
+            else None
+        )
+        audit: dict[str, Any] = {
+            "request_id": request_id,
+            "uid": caller.uid,
+            "user": caller.user,
+            "pid": caller.pid,
+            "action": None,
+            "domain": None,
+            "decision": "invalid",
+            "rule": None,
+        }
+        try:
+            request, operation = self._sanitize(caller, untrusted, request_id, progress, audit)
+            if not self.rate.take(caller.uid):
+                raise TemporaryFailure("too many requests; slow down and try again")
+            target = await self._authorize(request, operation, audit)
+            result = await asyncio.wait_for(
+                operation.handler(self, request, target),
+                timeout=self.limits.action_timeout_seconds + (request.args.get("wait") or 0),
+            )
+            audit["result"] = "ok"
+            return protocol.reply_ok(request.id, result)
+        except VpsError as exc:
+            audit["result"] = exc.kind
+            audit["message"] = exc.message
+            return protocol.reply_error(request_id, exc.kind, exc.message)
+        except TimeoutError:
+            audit["result"] = "temporary"
+            audit["message"] = "timed out"
+            return protocol.reply_error(request_id, "temporary", "timed out; try again later")
+        except asyncio.CancelledError:
+            audit["result"] = "cancelled"
+            raise
+        except Exception:
+            log.exception("request %r from %s failed", audit.get("action"), caller.user)
+            audit["result"] = "internal-error"
+            return protocol.reply_error(request_id, "failed", "internal error in the helper")
+        finally:
+            audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+            self.audit.write(**audit)
+
+    def _sanitize(
+        self,
+        caller: Caller,
+        untrusted: dict[str, Any],
+        request_id: int | None,
+        progress: Callable[[dict[str, Any]], Awaitable[None]],
+        audit: dict[str, Any],
+    ) -> tuple[Request, Operation]:
+        if untrusted.get("v") != protocol.PROTOCOL_VERSION:
+            raise UsageError(
+                f"unsupported protocol version (this helper speaks {protocol.PROTOCOL_VERSION})"
+            )
+        if request_id is None:
+            raise UsageError("request id missing or invalid")
+        untrusted_op = untrusted.get("op")
+        untrusted_args = untrusted.get("args", {})
+        operation = OPERATIONS.get(untrusted_op) if isinstance(untrusted_op, str) else None
+        if operation is None:
+            audit["action"] = repr(untrusted_op)[:64]
+            raise UsageError("unknown operation")
+        audit["action"] = operation.name
+        if not isinstance(untrusted_args, dict):
+            raise UsageError("args must be an object")
+        domain: str | None = None
+        if operation.domain == "required":
+            untrusted_domain = untrusted_args.get("domain")
+            if not isinstance(untrusted_domain, str) or not DOMAIN_NAME_RE.match(untrusted_domain):
+                audit["domain"] = repr(untrusted_domain)[:80]
+                raise UsageError("invalid domain name")
+            domain = untrusted_domain
+            audit["domain"] = domain
+        args = operation.sanitize_args(untrusted_args, self.limits)
+
+        async def send_progress(text: str) -> None:
+            await progress(protocol.progress(request_id, text))
+
+        return Request(request_id, operation.name, caller, domain, args, send_progress), operation
+
+    async def _authorize(
+        self, request: Request, operation: Operation, audit: dict[str, Any]
+    ) -> Target | None:
+        if operation.action is None or request.domain is None:
+            audit["decision"] = "allow"
+            return None
+        caller = request.caller
+        decision = self.policy.policy.decide(
+            caller.user, caller.groups, operation.action, request.domain
+        )
+        audit["rule"] = decision.deciding.location if decision.deciding else None
+        if not decision.allowed:
+            audit["decision"] = "deny"
+            audit["reason"] = decision.reason
+            raise not_found_or_denied(request.domain)
+        if decision.confirm:
+            audit["decision"] = "deny"
+            audit["reason"] = f"confirm={decision.confirm} is not supported by this helper"
+            raise Denied(
+                f"{request.domain}: this action needs {decision.confirm} confirmation,"
+                " which this helper cannot ask for"
+            )
+        info = await self.backend.lookup(request.domain)
+        if info is None or info.name != request.domain:
+            audit["decision"] = "deny"
+            audit["reason"] = "no such domain"
+            raise not_found_or_denied(request.domain)
+        audit["decision"] = "allow"
+        audit["uuid"] = info.uuid
+        return Target(info, audit["rule"])
+
+    def lock_for(self, uuid: str) -> asyncio.Lock:
+        lock = self._locks.get(uuid)
+        if lock is None:
+            lock = self._locks[uuid] = asyncio.Lock()
+        return lock
+
+
+async def _power_action(
+    api: TenantApi,
+    target: Target | None,
+    act: Callable[[str], Awaitable[None]],
+    verb: str,
+) -> dict[str, Any]:
+    assert target is not None
+    lock = api.lock_for(target.info.uuid)
+    if lock.locked():
+        raise TemporaryFailure(f"{target.info.name} is busy with another action; try again shortly")
+    async with lock:
+        await act(target.info.uuid)
+        return _message(await api.backend.info(target.info.uuid), verb)
+
+
+@operation("list")
+async def op_list(api: TenantApi, request: Request, target: Target | None) -> Any:
+    domains = await api.backend.list_domains()
+    visible = api.policy.policy.visible_domains(
+        request.caller.user, request.caller.groups, [d.name for d in domains]
+    )
+    return [d.to_json() for d in domains if d.name in visible]
+
+
+@operation("status", action="status", domain="required")
+async def op_status(api: TenantApi, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    return (await api.backend.info(target.info.uuid)).to_json()
+
+
+@operation("start", action="start", domain="required")
+async def op_start(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.start, "starting")
+
+
+@operation("reboot", action="reboot", domain="required")
+async def op_reboot(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.reboot, "rebooting")
+
+
+@operation("poweroff", action="poweroff", domain="required")
+async def op_poweroff(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.poweroff, "powered off")
+
+
+@operation("reset", action="reset", domain="required")
+async def op_reset(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.reset, "reset")
+
+
+@operation("shutdown", action="shutdown", domain="required", args=_shutdown_args)
+async def op_shutdown(api: TenantApi, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    wait: int | None = request.args["wait"]
+    force: bool = request.args["force"]
+    name = target.info.name
+
+    async def shutdown_and_wait(uuid: str) -> None:
+        await api.backend.shutdown(uuid)
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        next_progress = time.monotonic() + PROGRESS_EVERY_SECONDS
+        while (await api.backend.info(uuid)).state != DomainState.SHUTOFF:
+            now = time.monotonic()
+            if now >= deadline:
+                if not force:
+                    raise TemporaryFailure(f"{name} is still shutting down after {wait} s")
+                await request.progress(f"{name} did not shut down within {wait} s; powering off")
+                await api.backend.poweroff(uuid)
+                return
+            if now >= next_progress:
+                await request.progress(
+                    f"waiting for {name} to shut down ({int(deadline - now)} s left)"
+                )
+                next_progress = now + PROGRESS_EVERY_SECONDS
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+
+    result = await _power_action(api, target, shutdown_and_wait, "shutting down")
+    if result["state"] == DomainState.SHUTOFF.value:
+        result["message"] = f"{name}: shut off"
+    return result
+
+
+@operation("whoami")
+async def op_whoami(api: TenantApi, request: Request, target: Target | None) -> Any:
+    caller = request.caller
+    return {"user": caller.user, "uid": caller.uid, "groups": list(caller.groups)}
+
+
+@operation("version")
+async def op_version(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return {
+        "helper": __version__,
+        "protocol": protocol.PROTOCOL_VERSION,
+        "backend": api.backend.kind,
+    }

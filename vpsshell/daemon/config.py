@@ -1,0 +1,126 @@
+"""Loading and validating ``vpsshelld.toml`` into a ``DaemonConfig``.
+
+The key names are part of the contract in design.md ("Files"): keys may be added, never renamed.
+Unknown keys are errors, so a typo is caught by ``vpsshelld --check-config`` instead of silently
+running with a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from vpsshell import paths
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Every size, count and wait the helper enforces."""
+
+    max_connections_per_user: int = 16
+    max_connections: int = 512
+    requests_per_minute: int = 240  # per user, token bucket
+    action_timeout_seconds: float = 60.0  # one backend call
+    shutdown_wait_default_seconds: int = 60
+    shutdown_wait_max_seconds: int = 600
+    idle_timeout_seconds: float = 3600.0  # a connection with no request for this long is closed
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: str = paths.SOCKET
+    socket_group: str = paths.SOCKET_GROUP
+    admin_socket: str = paths.ADMIN_SOCKET
+    policy_dir: str = paths.POLICY_DIR
+    audit_log: str = paths.AUDIT_LOG
+    state_dir: str = paths.STATE_DIR
+    console_log_dir: str = paths.CONSOLE_LOG_DIR
+    hooks_dir: str = paths.HOOKS_DIR
+    policy_poll_seconds: float = 1.0
+    limits: Limits = field(default_factory=Limits)
+    backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
+    source: str = "<defaults>"
+
+
+_PATH_KEYS = (
+    "socket",
+    "socket_group",
+    "admin_socket",
+    "policy_dir",
+    "audit_log",
+    "state_dir",
+    "console_log_dir",
+    "hooks_dir",
+)
+
+
+def _number(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    return value
+
+
+def _limits(table: dict[str, Any]) -> Limits:
+    defaults = Limits()
+    known = set(Limits.__dataclass_fields__)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"limits: unknown key(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    for name in known:
+        default = getattr(defaults, name)
+        number = _number(table, name, default, 1, 86400 * 7 if "seconds" in name else 100000)
+        values[name] = int(number) if isinstance(default, int) else float(number)
+    return Limits(**values)
+
+
+def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig:
+    known = set(_PATH_KEYS) | {"backend", "limits", "policy_poll_seconds"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s): {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {"source": source}
+    for key in _PATH_KEYS:
+        if key in data:
+            value = data[key]
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{source}: {key}: expected a non-empty string")
+            if key != "socket_group" and not value.startswith("/"):
+                raise ConfigError(f"{source}: {key}: expected an absolute path, got {value!r}")
+            values[key] = value
+    limits = data.get("limits", {})
+    backend = data.get("backend", {"type": "sim"})
+    if not isinstance(limits, dict):
+        raise ConfigError(f"{source}: limits: expected a table")
+    if not isinstance(backend, dict):
+        raise ConfigError(f"{source}: backend: expected a table")
+    try:
+        values["limits"] = _limits(limits)
+        values["policy_poll_seconds"] = float(_number(data, "policy_poll_seconds", 1.0, 0.1, 3600))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    values["backend"] = backend
+    return DaemonConfig(**values)
+
+
+def load_config(path: str) -> DaemonConfig:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1024 * 1024 + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    if len(raw) > 1024 * 1024:
+        raise ConfigError(f"{path}: larger than 1 MiB")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, path)

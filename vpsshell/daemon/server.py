@@ -1,0 +1,231 @@
+"""Socket plumbing of the helper: listening sockets, connections, frames, limits.
+
+This module knows framing and limits, not operations: each decoded request goes to an API
+object (tenant or admin). It identifies every connection by ``SO_PEERCRED`` before reading a
+byte, caps connections per user, frame sizes and idle time, and drops a connection that sends
+garbage, without letting any of that reach the rest of the helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import stat
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vpsshell import protocol
+from vpsshell.daemon.audit import AuditLog
+from vpsshell.daemon.config import Limits
+from vpsshell.daemon.peer import Caller, peer_credentials, resolve_caller
+
+log = logging.getLogger("vpsshell.server")
+
+RequestHandler = Callable[
+    [Caller, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
+    Awaitable[dict[str, Any]],
+]
+
+
+def prepare_socket_path(path: str) -> None:
+    """Make the parent directory and remove a stale socket; refuse if a helper is listening."""
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise RuntimeError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale
+    else:
+        raise RuntimeError(f"another helper is already listening on {path}")
+    finally:
+        probe.close()
+
+
+def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
+    """A listening Unix socket at ``path`` with ``mode``, owned by root and ``group``."""
+    prepare_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # never exists with wider permissions than 0600
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    gid = -1
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            log.warning("socket group %r does not exist; %s stays mode 0600", group, path)
+            mode = 0o600
+    if gid != -1 and os.geteuid() == 0:
+        os.chown(path, 0, gid)
+    os.chmod(path, mode)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class Listener:
+    """Serves one socket: reads framed requests and hands them to ``handle_request``."""
+
+    def __init__(
+        self,
+        name: str,
+        sock: socket.socket,
+        handle_request: RequestHandler,
+        limits: Limits,
+        audit: AuditLog,
+        allowed_uids: frozenset[int] | None = None,
+    ) -> None:
+        self.name = name
+        self.sock = sock
+        self.path = sock.getsockname()
+        self.handle_request = handle_request
+        self.limits = limits
+        self.audit = audit
+        self.allowed_uids = allowed_uids
+        self.connections: Counter[int] = Counter()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(
+            self._on_connect, sock=self.sock, limit=protocol.MAX_FRAME_BYTES * 2
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
+        if self.allowed_uids is not None and uid not in self.allowed_uids:
+            self.audit.write(
+                socket=self.name,
+                uid=uid,
+                pid=pid,
+                action="connect",
+                decision="deny",
+                result="denied",
+                message="not an admin",
+            )
+            return
+        caller = resolve_caller(pid, uid, gid)
+        if caller is None:
+            self.audit.write(
+                socket=self.name,
+                uid=uid,
+                pid=pid,
+                action="connect",
+                decision="deny",
+                result="denied",
+                message="uid has no passwd entry",
+            )
+            await self._send(writer, protocol.reply_error(None, "denied", "unknown user"))
+            return
+        if (
+            self.connections[uid] >= self.limits.max_connections_per_user
+            or sum(self.connections.values()) >= self.limits.max_connections
+        ):
+            self.audit.write(
+                socket=self.name,
+                uid=uid,
+                user=caller.user,
+                pid=pid,
+                action="connect",
+                decision="deny",
+                result="temporary",
+                message="too many connections",
+            )
+            await self._send(
+                writer,
+                protocol.reply_error(
+                    None, "temporary", "too many open sessions; close one and try again"
+                ),
+            )
+            return
+        self.connections[uid] += 1
+        try:
+            await self._request_loop(caller, reader, writer)
+        finally:
+            self.connections[uid] -= 1
+            if self.connections[uid] <= 0:
+                del self.connections[uid]
+
+    async def _request_loop(
+        self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def send(message: dict[str, Any]) -> None:
+            await self._send(writer, message)
+
+        while True:
+            try:
+                header = await asyncio.wait_for(
+                    reader.readexactly(protocol.HEADER.size), self.limits.idle_timeout_seconds
+                )
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                return
+            try:
+                frame_type, length = protocol.parse_header(header)
+                payload = await asyncio.wait_for(reader.readexactly(length), 30.0)
+                if frame_type != protocol.FRAME_MESSAGE:
+                    raise protocol.ProtocolError("console data outside a console session")
+                untrusted_message = protocol.decode_message(payload)
+            except (
+                protocol.ProtocolError,
+                asyncio.IncompleteReadError,
+                TimeoutError,
+                ConnectionError,
+            ) as exc:
+                self.audit.write(
+                    socket=self.name,
+                    uid=caller.uid,
+                    user=caller.user,
+                    pid=caller.pid,
+                    action="protocol",
+                    decision="invalid",
+                    result="usage",
+                    message=str(exc),
+                )
+                with contextlib.suppress(ConnectionError):
+                    await self._send(writer, protocol.reply_error(None, "usage", str(exc)))
+                return
+            reply = await self.handle_request(caller, untrusted_message, send)
+            try:
+                await self._send(writer, reply)
+            except ConnectionError:
+                return
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+        writer.write(protocol.encode_message(message))
+        await writer.drain()

@@ -1,0 +1,40 @@
+"""Every default path of vpsshell, in one place.
+
+The helper's paths can all be overridden in its config file; the shell's only setting is the
+socket path. Nothing here reads the environment except ``client_socket_path`` (the shell is
+untrusted anyway: pointing it elsewhere gains a tenant nothing).
+"""
+
+from __future__ import annotations
+
+import os
+
+DAEMON_CONFIG = "/etc/vpsshell/vpsshelld.toml"
+CLIENT_CONFIG = "/etc/vpsshell/vpsshell.toml"
+SOCKET = "/run/vpsshell/vpsshelld.sock"
+ADMIN_SOCKET = "/run/vpsshell/admin.sock"
+SOCKET_GROUP = "vpsshell"
+POLICY_DIR = "/etc/vpsshell/policy.d"
+HOOKS_DIR = "/etc/vpsshell/hooks.d"
+AUDIT_LOG = "/var/log/vpsshell/audit.jsonl"
+STATE_DIR = "/var/lib/vpsshell"
+CONSOLE_LOG_DIR = "/var/log/vpsshell/console"
+
+
+def client_socket_path() -> str:
+    """``VPSSHELL_SOCKET``, else ``socket`` in the client config, else the default."""
+    from_env = os.environ.get("VPSSHELL_SOCKET")
+    if from_env:
+        return from_env
+    try:
+        with open(CLIENT_CONFIG, "rb") as fh:
+            raw = fh.read(64 * 1024)
+    except OSError:
+        return SOCKET
+    import tomllib
+
+    try:
+        value = tomllib.loads(raw.decode("utf-8")).get("socket")
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return SOCKET
+    return value if isinstance(value, str) and value else SOCKET

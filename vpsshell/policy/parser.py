@@ -1,0 +1,528 @@
+"""Turn policy text into expanded rules and named sets, collecting every error as ``file:line``.
+
+Grammar (one statement per logical line; ``#`` after whitespace starts a comment; a trailing
+backslash joins the next physical line, acting as a space)::
+
+    actions @NAME = MEMBER...             MEMBER: action | @actionset   (commas also separate)
+    domains @NAME = MEMBER...             MEMBER: domain | @domainset
+    allow|deny SUBJECT ACTIONS DOMAINS... [expires=YYYY-MM-DD] [reason="..."] [confirm=password]
+
+SUBJECT is ``user:NAME`` or ``group:NAME``. ACTIONS is one token: a comma list of actions,
+``@sets`` or ``*``. DOMAINS is one or more tokens, each a comma list of domains, ``@sets`` or
+(deny only) ``*``. Sets are global across the files of one policy and may be used before they
+are defined. This module never raises on bad input and never touches the file system: errors
+are returned, and bounded (size, count, nesting and expansion limits) so hostile text cannot
+make it hang or exhaust memory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .model import (
+    ALL_ACTIONS,
+    BUILTIN_ACTION_SETS,
+    CONFIRM_STRENGTH,
+    MAX_ERRORS,
+    MAX_EXPANSION_WORK,
+    MAX_FILE_BYTES,
+    MAX_LINE_CHARS,
+    MAX_REASON_CHARS,
+    MAX_RULES,
+    MAX_SET_DEPTH,
+    MAX_SET_MEMBERS,
+    MAX_SETS,
+    OPTION_KEYS,
+    SET_NAME_RE,
+    SUBJECT_NAME_RE,
+    PolicyError,
+    Rule,
+    is_domain_name,
+)
+
+_WS = " \t"
+_WS_RE = re.compile(r"[ \t]*")
+_QUOTED_OPTION_RE = re.compile(r'([a-z_]+=)"([^"]*)"')
+_BARE_TOKEN_RE = re.compile(r'[^ \t"]+')
+_OPTION_PREFIX_RE = re.compile(r"[a-z_]+=")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+@dataclass
+class ParsedPolicy:
+    """The result of parsing several files as one policy."""
+
+    rules: list[Rule] = field(default_factory=list)
+    action_sets: dict[str, frozenset[str]] = field(default_factory=dict)
+    domain_sets: dict[str, frozenset[str]] = field(default_factory=dict)
+    errors: list[PolicyError] = field(default_factory=list)
+
+
+class _LineError(Exception):
+    """A problem with the statement being parsed; becomes a PolicyError at its location."""
+
+
+class _ErrorLimit(Exception):
+    """Raised once MAX_ERRORS have been collected: parsing stops."""
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[PolicyError] = []
+
+    def add(self, file: str, line: int, message: str) -> None:
+        if len(self.items) >= MAX_ERRORS:
+            raise _ErrorLimit
+        self.items.append(PolicyError(file, line, message))
+        if len(self.items) >= MAX_ERRORS:
+            self.items.append(PolicyError(file, line, "too many errors; stopped here"))
+            raise _ErrorLimit
+
+
+@dataclass
+class _SetDef:
+    kind: str  # "actions" | "domains"
+    name: str
+    members: list[str]
+    file: str
+    line: int
+
+
+@dataclass
+class _RawRule:
+    file: str
+    line: int
+    effect: str
+    subject_kind: str
+    subject_name: str
+    action_items: list[str]
+    domain_items: list[str]
+    expires: _dt.date | None
+    reason: str | None
+    confirm: str | None
+
+
+def _show(token: str) -> str:
+    """Quote a token for an error message, shortened and with control characters escaped."""
+    if len(token) > 40:
+        token = token[:37] + "..."
+    return repr(token)
+
+
+def tokenize_line(line: str) -> tuple[list[str], bool]:
+    """Split one physical line into tokens; also report whether it continues on the next line.
+
+    ``key="quoted value"`` becomes the single token ``key=quoted value``; quotes anywhere else
+    are an error. A comment line never continues, so a commented-out rule ending in a
+    backslash cannot swallow the next line.
+    """
+    tokens: list[str] = []
+    pos, end = 0, len(line)
+    while True:
+        match = _WS_RE.match(line, pos)
+        pos = match.end() if match else pos
+        if pos >= end or line[pos] == "#":
+            return tokens, False
+        quoted = _QUOTED_OPTION_RE.match(line, pos)
+        if quoted:
+            token = quoted.group(1) + quoted.group(2)
+            pos = quoted.end()
+        else:
+            bare = _BARE_TOKEN_RE.match(line, pos)
+            if bare is None:
+                raise _LineError(
+                    'unexpected \'"\' (quotes are only allowed in option values: reason="...")'
+                )
+            token = bare.group()
+            pos = bare.end()
+        if pos < end and line[pos] not in _WS:
+            if _OPTION_PREFIX_RE.fullmatch(token):
+                raise _LineError(f"unterminated quote after {token}")
+            if quoted:
+                raise _LineError("expected a space after the closing quote")
+            raise _LineError(
+                f"unexpected '\"' in {_show(token)} "
+                '(quotes are only allowed in option values: reason="...")'
+            )
+        tokens.append(token)
+        if pos >= end or line[pos:].strip(_WS) == "":
+            if token.endswith("\\") and not quoted:
+                token = token[:-1]
+                if token:
+                    tokens[-1] = token
+                else:
+                    tokens.pop()
+                return tokens, True
+            return tokens, False
+
+
+def _split_list(token: str) -> list[str]:
+    items = token.split(",")
+    if any(item == "" for item in items):
+        raise _LineError(f"empty item in list {_show(token)} (stray comma?)")
+    return items
+
+
+def _check_set_ref(item: str) -> None:
+    if not SET_NAME_RE.fullmatch(item[1:]):
+        raise _LineError(f"bad set name {_show(item)}")
+
+
+def _check_action_item(item: str) -> None:
+    if item.startswith("@"):
+        _check_set_ref(item)
+    elif item != "*" and item not in ALL_ACTIONS:
+        raise _LineError(f"unknown action {_show(item)}")
+
+
+def _check_domain_item(item: str) -> None:
+    if item.startswith("@"):
+        _check_set_ref(item)
+    elif item != "*" and not is_domain_name(item):
+        raise _LineError(
+            f"bad domain name {_show(item)} "
+            "(letters, digits and _ . : - , starting with a letter or digit, at most 64)"
+        )
+
+
+def _parse_set(tokens: list[str], file: str, line: int) -> _SetDef:
+    kind = tokens[0]
+    rest = tokens[1:]
+    if not rest:
+        raise _LineError(f"expected '{kind} @NAME = MEMBERS...'")
+    name_token, member_tokens = rest[0], rest[1:]
+    if "=" in name_token:
+        name_token, after = name_token.split("=", 1)
+        member_tokens = ([after] if after else []) + member_tokens
+    elif member_tokens and member_tokens[0].startswith("="):
+        first = member_tokens[0][1:]
+        member_tokens = ([first] if first else []) + member_tokens[1:]
+    else:
+        raise _LineError(f"expected '=' after the set name in '{kind} @NAME = MEMBERS...'")
+    if not name_token.startswith("@"):
+        raise _LineError(f"set name must start with '@', got {_show(name_token)}")
+    _check_set_ref(name_token)
+    name = name_token[1:]
+    members: list[str] = []
+    for token in member_tokens:
+        for item in _split_list(token):
+            if item == "*":
+                hint = "use @all for every action" if kind == "actions" else "list the domains"
+                raise _LineError(f"'*' is not allowed in a set ({hint})")
+            if kind == "actions":
+                _check_action_item(item)
+            else:
+                _check_domain_item(item)
+            members.append(item)
+            if len(members) > MAX_SET_MEMBERS:
+                raise _LineError(f"set @{name} has more than {MAX_SET_MEMBERS} members")
+    if not members:
+        raise _LineError(f"set @{name} has no members")
+    return _SetDef(kind, name, members, file, line)
+
+
+def _parse_options(effect: str, options: list[str]) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    for token in options:
+        key, value = token.split("=", 1)
+        if key not in OPTION_KEYS:
+            raise _LineError(
+                f"unknown option {_show(key)} (expected one of {', '.join(OPTION_KEYS)})"
+            )
+        if key in seen:
+            raise _LineError(f"option {key}= given twice")
+        seen[key] = value
+    if "expires" in seen:
+        value = seen["expires"]
+        try:
+            if not _DATE_RE.fullmatch(value):
+                raise ValueError(value)
+            _dt.date.fromisoformat(value)
+        except ValueError:
+            raise _LineError(f"bad date {_show(value)} in expires= (expected YYYY-MM-DD)") from None
+    if "reason" in seen:
+        value = seen["reason"]
+        if not value:
+            raise _LineError("empty reason=")
+        if not value.isprintable() or len(value) > MAX_REASON_CHARS:
+            raise _LineError(
+                f"reason= must be printable text of at most {MAX_REASON_CHARS} characters"
+            )
+    if "confirm" in seen:
+        if seen["confirm"] not in CONFIRM_STRENGTH:
+            allowed = ", ".join(CONFIRM_STRENGTH)
+            raise _LineError(f"bad confirm= value {_show(seen['confirm'])} (expected {allowed})")
+        if effect != "allow":
+            raise _LineError("confirm= only applies to allow rules")
+    return seen
+
+
+def _parse_rule(tokens: list[str], file: str, line: int) -> _RawRule:
+    effect = tokens[0]
+    if len(tokens) < 4:
+        raise _LineError(f"expected '{effect} SUBJECT ACTIONS DOMAINS [key=value ...]'")
+    kind, sep, name = tokens[1].partition(":")
+    if not sep or kind not in ("user", "group") or not SUBJECT_NAME_RE.fullmatch(name):
+        raise _LineError(f"bad subject {_show(tokens[1])} (expected user:NAME or group:NAME)")
+    if "=" in tokens[2]:
+        raise _LineError(f"expected ACTIONS, got option {_show(tokens[2])}")
+    action_items = _split_list(tokens[2])
+    for item in action_items:
+        _check_action_item(item)
+    domain_items: list[str] = []
+    options: list[str] = []
+    for token in tokens[3:]:
+        if "=" in token:
+            options.append(token)
+        elif options:
+            raise _LineError(f"{_show(token)} after options (options go last)")
+        else:
+            for item in _split_list(token):
+                _check_domain_item(item)
+                if item == "*" and effect == "allow":
+                    raise _LineError(
+                        "'*' in DOMAINS is only allowed in deny rules "
+                        "(a grant must never cover domains created later)"
+                    )
+                domain_items.append(item)
+    if not domain_items:
+        raise _LineError("missing DOMAINS")
+    opts = _parse_options(effect, options)
+    expires = _dt.date.fromisoformat(opts["expires"]) if "expires" in opts else None
+    return _RawRule(
+        file,
+        line,
+        effect,
+        kind,
+        name,
+        action_items,
+        domain_items,
+        expires,
+        opts.get("reason"),
+        opts.get("confirm"),
+    )
+
+
+@dataclass
+class _Statements:
+    sets: list[_SetDef] = field(default_factory=list)
+    rules: list[_RawRule] = field(default_factory=list)
+
+
+def _logical_lines(text: str, file: str, errors: _Errors) -> Iterable[tuple[int, list[str]]]:
+    """Yield (first line number, tokens) per statement; bad lines are reported and skipped."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    tokens: list[str] = []
+    start = 0
+    length = 0
+    broken = False
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        physical = raw[:-1] if raw.endswith("\r") else raw
+        if not start:
+            start, tokens, length, broken = number, [], 0, False
+        length += len(physical)
+        continues = False
+        if length > MAX_LINE_CHARS:
+            if not broken:
+                errors.add(file, start, f"line longer than {MAX_LINE_CHARS} characters")
+            broken = True
+        else:
+            try:
+                more, continues = tokenize_line(physical)
+                tokens.extend(more)
+            except _LineError as exc:
+                if not broken:
+                    errors.add(file, start, str(exc))
+                broken = True
+        if continues:
+            continue
+        if not broken and tokens:
+            yield start, tokens
+        start = 0
+    if start:
+        errors.add(file, start, "line continues past the end of the file")
+
+
+def _parse_text(text: str, file: str, errors: _Errors, out: _Statements) -> None:
+    if len(text) > MAX_FILE_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        errors.add(file, 0, f"file larger than {MAX_FILE_BYTES} bytes")
+        return
+    for line, tokens in _logical_lines(text, file, errors):
+        keyword = tokens[0]
+        try:
+            if keyword in ("actions", "domains"):
+                if len(out.sets) >= MAX_SETS:
+                    errors.add(file, line, f"too many sets (limit {MAX_SETS})")
+                    return
+                out.sets.append(_parse_set(tokens, file, line))
+            elif keyword in ("allow", "deny"):
+                if len(out.rules) >= MAX_RULES:
+                    errors.add(file, line, f"too many rules (limit {MAX_RULES})")
+                    return
+                out.rules.append(_parse_rule(tokens, file, line))
+            else:
+                raise _LineError(
+                    f"unknown statement {_show(keyword)} (expected allow, deny, actions or domains)"
+                )
+        except _LineError as exc:
+            errors.add(file, line, str(exc))
+
+
+class _Resolver:
+    """Expands set references, detecting unknown sets, kind mismatches, cycles and blow-ups."""
+
+    def __init__(self, defs: dict[str, _SetDef], errors: _Errors) -> None:
+        self.defs = defs
+        self.errors = errors
+        self.memo: dict[str, frozenset[str]] = {}
+        self.stack: list[str] = []
+        self.work = 0
+        self.exhausted = False
+
+    def _spend(self, amount: int, file: str, line: int) -> bool:
+        self.work += amount
+        if self.work > MAX_EXPANSION_WORK and not self.exhausted:
+            self.exhausted = True
+            self.errors.add(
+                file, line, f"policy too large to expand (over {MAX_EXPANSION_WORK} set members)"
+            )
+        return not self.exhausted
+
+    def ref(self, name: str, kind: str, file: str, line: int) -> frozenset[str]:
+        """The members of ``@name`` used where a set of ``kind`` is expected."""
+        empty: frozenset[str] = frozenset()
+        if name in BUILTIN_ACTION_SETS:
+            if kind == "actions":
+                return BUILTIN_ACTION_SETS[name]
+            self.errors.add(file, line, f"@{name} is a built-in action set, not a domain set")
+            return empty
+        definition = self.defs.get(name)
+        if definition is None:
+            self.errors.add(file, line, f"unknown set @{name}")
+            return empty
+        if definition.kind != kind:
+            have, want = definition.kind[:-1], kind[:-1]
+            where = f"{definition.file}:{definition.line}"
+            self.errors.add(file, line, f"@{name} is a {have} set ({where}), not a {want} set")
+            return empty
+        if name in self.stack:
+            cycle = self.stack[self.stack.index(name) :] + [name]
+            self.errors.add(file, line, "set cycle: " + " -> ".join(f"@{n}" for n in cycle))
+            return empty
+        if len(self.stack) >= MAX_SET_DEPTH:
+            self.errors.add(file, line, f"sets nested more than {MAX_SET_DEPTH} deep")
+            return empty
+        members = self.expand(name)
+        return members if self._spend(len(members), file, line) else empty
+
+    def expand(self, name: str) -> frozenset[str]:
+        cached = self.memo.get(name)
+        if cached is not None:
+            return cached
+        definition = self.defs[name]
+        self.stack.append(name)
+        out: set[str] = set()
+        for item in dict.fromkeys(definition.members):
+            if item.startswith("@"):
+                out |= self.ref(item[1:], definition.kind, definition.file, definition.line)
+            else:
+                out.add(item)
+            if len(out) > MAX_SET_MEMBERS:
+                self.errors.add(
+                    definition.file,
+                    definition.line,
+                    f"set @{name} has more than {MAX_SET_MEMBERS} members",
+                )
+                break
+        self.stack.pop()
+        result = frozenset(out)
+        self.memo[name] = result
+        return result
+
+    def items(self, items: list[str], kind: str, file: str, line: int) -> frozenset[str]:
+        """Expand a rule's list of names and ``@set`` references (``*`` handled by caller)."""
+        unique = [item for item in dict.fromkeys(items) if item != "*"]
+        if len(unique) == 1 and unique[0].startswith("@"):
+            return self.ref(unique[0][1:], kind, file, line)  # share the set, no copy
+        out: set[str] = set()
+        for item in unique:
+            if item.startswith("@"):
+                out |= self.ref(item[1:], kind, file, line)
+            else:
+                out.add(item)
+        self._spend(len(unique), file, line)
+        return frozenset(out)
+
+
+def _resolve(statements: _Statements, errors: _Errors, result: ParsedPolicy) -> None:
+    defs: dict[str, _SetDef] = {}
+    for definition in statements.sets:
+        if definition.name in BUILTIN_ACTION_SETS:
+            errors.add(
+                definition.file,
+                definition.line,
+                f"cannot redefine built-in set @{definition.name}",
+            )
+        elif definition.name in defs:
+            first = defs[definition.name]
+            errors.add(
+                definition.file,
+                definition.line,
+                f"set @{definition.name} already defined at {first.file}:{first.line}",
+            )
+        else:
+            defs[definition.name] = definition
+    resolver = _Resolver(defs, errors)
+    for name, definition in defs.items():
+        members = resolver.expand(name)
+        target = result.action_sets if definition.kind == "actions" else result.domain_sets
+        target[name] = members
+    for raw in statements.rules:
+        if "*" in raw.action_items:
+            actions = ALL_ACTIONS
+        else:
+            actions = resolver.items(raw.action_items, "actions", raw.file, raw.line)
+        domains: frozenset[str] | None
+        if "*" in raw.domain_items:
+            domains = None
+        else:
+            domains = resolver.items(raw.domain_items, "domains", raw.file, raw.line)
+        result.rules.append(
+            Rule(
+                file=raw.file,
+                line=raw.line,
+                effect=raw.effect,
+                subject_kind=raw.subject_kind,
+                subject_name=raw.subject_name,
+                actions=actions,
+                domains=domains,
+                expires=raw.expires,
+                reason=raw.reason,
+                confirm=raw.confirm,
+            )
+        )
+
+
+def parse_sources(sources: Iterable[tuple[str, str]]) -> ParsedPolicy:
+    """Parse ``(file name, text)`` pairs, in order, as one policy; sets are shared by all files.
+
+    The file name is used as given in every error and rule location.
+    """
+    errors = _Errors()
+    statements = _Statements()
+    result = ParsedPolicy()
+    try:
+        for file, text in sources:
+            _parse_text(text, file, errors, statements)
+        _resolve(statements, errors, result)
+    except _ErrorLimit:
+        pass
+    result.errors = errors.items
+    return result

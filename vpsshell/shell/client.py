@@ -1,0 +1,99 @@
+"""A small blocking client for the helper's socket, used by ``vpsshell -c`` and the REPL.
+
+It frames requests, waits for the reply with a deadline, passes ``progress`` messages to a
+callback and turns error replies into ``VpsError``s. It sends no identity: the helper reads the
+caller from the socket's peer credentials.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from vpsshell import protocol
+from vpsshell.errors import TemporaryFailure, Unavailable, VpsError, error_from_wire
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+DEFAULT_REPLY_TIMEOUT_SECONDS = 90.0
+
+
+class HelperClient:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock: socket.socket | None = None
+        self._next_id = 1
+
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise Unavailable(
+                f"cannot reach the vpsshell helper at {self.path}: {reason}"
+            ) from None
+        self._sock = sock
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _recv_exact(self, sock: socket.socket, count: int) -> bytes:
+        chunks = []
+        while count:
+            chunk = sock.recv(count)
+            if not chunk:
+                raise Unavailable("the vpsshell helper closed the connection")
+            chunks.append(chunk)
+            count -= len(chunk)
+        return b"".join(chunks)
+
+    def _read_message(self, sock: socket.socket) -> dict[str, Any]:
+        while True:
+            frame_type, length = protocol.parse_header(self._recv_exact(sock, protocol.HEADER.size))
+            payload = self._recv_exact(sock, length)
+            if frame_type == protocol.FRAME_MESSAGE:
+                return protocol.decode_message(payload)
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_REPLY_TIMEOUT_SECONDS,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> Any:
+        """Send one request and return its result; raises VpsError for error replies."""
+        sock = self._connect()
+        request_id = self._next_id
+        self._next_id += 1
+        try:
+            sock.settimeout(timeout)
+            sock.sendall(protocol.encode_message(protocol.request(request_id, op, args or {})))
+            while True:
+                message = self._read_message(sock)
+                if message.get("id") not in (request_id, None):
+                    continue
+                if "progress" in message:
+                    if on_progress is not None:
+                        on_progress(str(message["progress"]))
+                    continue
+                if message.get("ok"):
+                    return message.get("result")
+                error = message.get("error") or {}
+                raise error_from_wire(str(error.get("kind")), str(error.get("message")))
+        except VpsError:
+            raise
+        except TimeoutError:
+            self.close()
+            raise TemporaryFailure("timed out waiting for the vpsshell helper") from None
+        except (OSError, protocol.ProtocolError) as exc:
+            self.close()
+            raise Unavailable(f"lost the connection to the vpsshell helper: {exc}") from None

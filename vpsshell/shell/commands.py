@@ -1,0 +1,165 @@
+"""The verb registry shared by ``vpsshell -c`` and the interactive shell.
+
+Each verb is declared once with ``@command(...)``: its grammar (domain argument, options,
+aliases), its one-line help, and the handler that asks the helper and returns data. Help text
+and completion are generated from this registry. Handlers never print; they return ``Output``
+for ``render`` to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+from vpsshell import __version__
+from vpsshell.errors import UsageError
+from vpsshell.shell.grammar import FLAG, SECONDS, Option, ParsedCommand, Verb
+
+
+class Output(NamedTuple):
+    """What a handler returns: a kind that ``render`` knows, and plain data."""
+
+    kind: str
+    data: Any
+
+
+class Context(Protocol):
+    """What handlers may use: the helper connection and the session's state."""
+
+    current_domain: str | None
+    interactive: bool
+
+    def call(self, op: str, args: dict[str, Any], *, timeout: float = ...) -> Any: ...
+
+
+Handler = Callable[[Context, ParsedCommand], Output]
+
+VERBS: dict[str, Verb] = {}  # every name and alias -> its Verb
+HANDLERS: dict[str, Handler] = {}  # canonical name -> handler
+ORDER: list[str] = []  # canonical names in help order
+
+JSON = Option("json", FLAG, "print machine-readable JSON")
+
+
+def command(
+    name: str,
+    summary: str,
+    *,
+    domain: str = "none",
+    options: tuple[Option, ...] = (),
+    aliases: tuple[str, ...] = (),
+    interactive_only: bool = False,
+    extra_arg: str = "",
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        verb = Verb(name, summary, domain, options, aliases, interactive_only, extra_arg)
+        for word in (name, *aliases):
+            VERBS[word] = verb
+        HANDLERS[name] = handler
+        ORDER.append(name)
+        return handler
+
+    return register
+
+
+def _domain_request(ctx: Context, op: str, parsed: ParsedCommand) -> Output:
+    result = ctx.call(op, {"domain": parsed.domain})
+    return Output("action", result)
+
+
+@command("list", "domains you may see, with state", options=(JSON,))
+def cmd_list(ctx: Context, parsed: ParsedCommand) -> Output:
+    return Output("domains", ctx.call("list", {}))
+
+
+@command("status", "state, vcpus, memory, uptime and host", domain="optional", options=(JSON,))
+def cmd_status(ctx: Context, parsed: ParsedCommand) -> Output:
+    if parsed.domain is None:
+        return Output("domains", ctx.call("list", {}))
+    return Output("status", ctx.call("status", {"domain": parsed.domain}))
+
+
+@command("start", "boot a domain", domain="required", aliases=("boot",))
+def cmd_start(ctx: Context, parsed: ParsedCommand) -> Output:
+    return _domain_request(ctx, "start", parsed)
+
+
+WAIT = Option("wait", SECONDS, "wait until the domain is off (default 60 s)", max_value=600)
+FORCE = Option("force", FLAG, "power off if it is still running after the wait")
+
+
+@command(
+    "shutdown", "ask a domain to shut down gracefully", domain="required", options=(WAIT, FORCE)
+)
+def cmd_shutdown(ctx: Context, parsed: ParsedCommand) -> Output:
+    wait = parsed.options.get("wait")
+    force = bool(parsed.options.get("force"))
+    args: dict[str, Any] = {"domain": parsed.domain, "force": force}
+    if wait is not None or force:
+        args["wait"] = None if wait in (None, -1) else wait
+    timeout = 60.0 + (600 if "wait" in args else 0)
+    return Output("action", ctx.call("shutdown", args, timeout=timeout))
+
+
+@command("reboot", "reboot a domain gracefully", domain="required")
+def cmd_reboot(ctx: Context, parsed: ParsedCommand) -> Output:
+    return _domain_request(ctx, "reboot", parsed)
+
+
+@command(
+    "poweroff",
+    "hard stop, no guest sync (like pulling the plug)",
+    domain="required",
+    aliases=("destroy",),
+)
+def cmd_poweroff(ctx: Context, parsed: ParsedCommand) -> Output:
+    return _domain_request(ctx, "poweroff", parsed)
+
+
+@command("reset", "hard reset (like pressing the reset button)", domain="required")
+def cmd_reset(ctx: Context, parsed: ParsedCommand) -> Output:
+    return _domain_request(ctx, "reset", parsed)
+
+
+@command(
+    "use", "make DOMAIN the default for later commands", domain="required", interactive_only=True
+)
+def cmd_use(ctx: Context, parsed: ParsedCommand) -> Output:
+    status = ctx.call("status", {"domain": parsed.domain})
+    ctx.current_domain = status["name"]
+    return Output("text", f"using {status['name']}")
+
+
+@command("whoami", "who the helper says you are", options=(JSON,))
+def cmd_whoami(ctx: Context, parsed: ParsedCommand) -> Output:
+    return Output("whoami", ctx.call("whoami", {}))
+
+
+@command("help", "list commands, or explain one", extra_arg="[VERB]")
+def cmd_help(ctx: Context, parsed: ParsedCommand) -> Output:
+    if parsed.extra is None:
+        rows = [
+            (VERBS[name].usage(), VERBS[name].summary)
+            for name in ORDER
+            if ctx.interactive or not VERBS[name].interactive_only
+        ]
+        return Output("help", rows)
+    verb = VERBS.get(parsed.extra)
+    if verb is None:
+        raise UsageError(f"help: unknown command {parsed.extra!r}")
+    lines = [f"usage: {verb.usage()}", f"  {verb.summary}"]
+    if verb.aliases:
+        lines.append(f"  also: {', '.join(verb.aliases)}")
+    lines.extend(f"  --{option.name}: {option.help}" for option in verb.options)
+    return Output("text", "\n".join(lines))
+
+
+@command("version", "versions of this shell and of the helper")
+def cmd_version(ctx: Context, parsed: ParsedCommand) -> Output:
+    helper = ctx.call("version", {})
+    return Output("version", {"shell": __version__, **helper})
+
+
+@command("exit", "leave the shell", aliases=("quit",), interactive_only=True)
+def cmd_exit(ctx: Context, parsed: ParsedCommand) -> Output:
+    return Output("exit", None)

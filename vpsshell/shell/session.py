@@ -1,0 +1,53 @@
+"""One tenant session: the helper connection, the current domain, and running one line.
+
+``execute_line`` is the one function that owns error handling and exit codes for both modes:
+every ``VpsError`` becomes one line on stderr and its exit code; nothing becomes a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpsshell.errors import ExitCode, VpsError
+from vpsshell.shell import render
+from vpsshell.shell.commands import HANDLERS, VERBS
+from vpsshell.shell.environment import Environment
+from vpsshell.shell.grammar import parse
+
+
+class Session:
+    """The ``Context`` handlers see: a lazily connected client plus per-session state."""
+
+    def __init__(self, socket_path: str, env: Environment, *, interactive: bool) -> None:
+        from vpsshell.shell.client import HelperClient
+
+        self.env = env
+        self.interactive = interactive
+        self.current_domain: str | None = None
+        self.client = HelperClient(socket_path)
+
+    def call(self, op: str, args: dict[str, Any], *, timeout: float = 90.0) -> Any:
+        return self.client.call(
+            op, args, timeout=timeout, on_progress=lambda text: render.show_progress(text, self.env)
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def execute_line(line: str, session: Session) -> tuple[ExitCode, bool]:
+    """Run one command line. Returns its exit code and whether the session should end."""
+    env = session.env
+    verbs = VERBS
+    if not session.interactive:
+        verbs = {word: verb for word, verb in VERBS.items() if not verb.interactive_only}
+    try:
+        parsed = parse(line, verbs, session.current_domain if session.interactive else None)
+        if parsed is None:
+            return ExitCode.OK, False
+        output = HANDLERS[parsed.verb.name](session, parsed)
+        render.show(output, env, as_json=bool(parsed.options.get("json")))
+        return ExitCode.OK, output.kind == "exit"
+    except VpsError as exc:
+        render.show_error(exc.message, env)
+        return exc.exit_code, False
