@@ -89,7 +89,7 @@ _SYSRQ_KILLS_SESSION = frozenset("eik")
 class TtyMode(str, Enum):
     OFF = "off"  # no getty on ttyS0 (booting, stopping, crashed, shut off): input is lost
     LOGIN = "login"
-    PASSWORD = "password"
+    PASSWORD = "password"  # noqa: S105 - a tty mode, not a secret
     SHELL = "shell"
 
 
@@ -301,10 +301,8 @@ class SimGuest:
         elif self.mode is TtyMode.PASSWORD:
             # Any password will do; the newline was not echoed, so login prints one.
             self.mode = TtyMode.SHELL
-            self._write(
-                f"\r\nLinux {self.hostname} {KERNEL_RELEASE} {KERNEL_VERSION} x86_64\r\n\r\n".encode()
-                + self._prompt()
-            )
+            motd = f"Linux {self.hostname} {KERNEL_RELEASE} {KERNEL_VERSION} x86_64"
+            self._write(f"\r\n{motd}\r\n\r\n".encode() + self._prompt())
         elif self.mode is TtyMode.SHELL:
             self._run(line)
 

@@ -340,7 +340,9 @@ async def op_shutdown(api: TenantApi, request: Request, target: Target | None) -
     name = target.info.name
 
     async def shutdown_and_wait(uuid: str) -> None:
-        await api.backend.shutdown(uuid)
+        already = (await api.backend.info(uuid)).state == DomainState.SHUTTING_DOWN
+        if not (already and wait is not None):  # a repeated --wait joins the shutdown under way
+            await api.backend.shutdown(uuid)
         if wait is None:
             return
         deadline = time.monotonic() + wait

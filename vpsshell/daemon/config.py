@@ -24,7 +24,7 @@ class Limits:
 
     max_connections_per_user: int = 16
     max_connections: int = 512
-    requests_per_minute: int = 240  # per user, token bucket
+    requests_per_minute: int = 600  # per user, token bucket
     action_timeout_seconds: float = 60.0  # one backend call
     shutdown_wait_default_seconds: int = 60
     shutdown_wait_max_seconds: int = 600

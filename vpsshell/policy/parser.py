@@ -121,6 +121,7 @@ def tokenize_line(line: str) -> tuple[list[str], bool]:
     """
     tokens: list[str] = []
     pos, end = 0, len(line)
+    last = len(line.rstrip(_WS))
     while True:
         match = _WS_RE.match(line, pos)
         pos = match.end() if match else pos
@@ -148,7 +149,7 @@ def tokenize_line(line: str) -> tuple[list[str], bool]:
                 '(quotes are only allowed in option values: reason="...")'
             )
         tokens.append(token)
-        if pos >= end or line[pos:].strip(_WS) == "":
+        if pos >= last:
             if token.endswith("\\") and not quoted:
                 token = token[:-1]
                 if token:
@@ -328,19 +329,22 @@ def _logical_lines(text: str, file: str, errors: _Errors) -> Iterable[tuple[int,
         if not start:
             start, tokens, length, broken = number, [], 0, False
         length += len(physical)
+        message = None
         continues = False
         if length > MAX_LINE_CHARS:
-            if not broken:
-                errors.add(file, start, f"line longer than {MAX_LINE_CHARS} characters")
-            broken = True
-        else:
+            message = f"line longer than {MAX_LINE_CHARS} characters"
+        elif not broken:
             try:
                 more, continues = tokenize_line(physical)
                 tokens.extend(more)
             except _LineError as exc:
-                if not broken:
-                    errors.add(file, start, str(exc))
-                broken = True
+                message = str(exc)
+        if message is not None and not broken:
+            errors.add(file, start, message)
+            broken = True
+        if broken:
+            # The statement is lost; skip the rest of it without parsing (best effort).
+            continues = physical.rstrip(_WS).endswith("\\")
         if continues:
             continue
         if not broken and tokens:
@@ -381,26 +385,29 @@ class _Resolver:
     def __init__(self, defs: dict[str, _SetDef], errors: _Errors) -> None:
         self.defs = defs
         self.errors = errors
-        self.memo: dict[str, frozenset[str]] = {}
+        self.memo: dict[str, tuple[frozenset[str], int]] = {}  # name -> (members, nesting height)
         self.stack: list[str] = []
         self.work = 0
         self.exhausted = False
 
-    def _spend(self, amount: int, file: str, line: int) -> bool:
-        self.work += amount
-        if self.work > MAX_EXPANSION_WORK and not self.exhausted:
+    def _union(self, out: set[str], members: frozenset[str], file: str, line: int) -> None:
+        """Copy ``members`` into ``out`` unless the policy's expansion budget is spent."""
+        if self.exhausted:
+            return
+        self.work += len(members)
+        if self.work > MAX_EXPANSION_WORK:
             self.exhausted = True
-            self.errors.add(
-                file, line, f"policy too large to expand (over {MAX_EXPANSION_WORK} set members)"
-            )
-        return not self.exhausted
+            message = f"policy too large to expand (over {MAX_EXPANSION_WORK} set members)"
+            self.errors.add(file, line, message)
+            return
+        out |= members
 
-    def ref(self, name: str, kind: str, file: str, line: int) -> frozenset[str]:
-        """The members of ``@name`` used where a set of ``kind`` is expected."""
-        empty: frozenset[str] = frozenset()
+    def ref(self, name: str, kind: str, file: str, line: int) -> tuple[frozenset[str], int]:
+        """The members and nesting height of ``@name`` used where a ``kind`` set is expected."""
+        empty: tuple[frozenset[str], int] = (frozenset(), 0)
         if name in BUILTIN_ACTION_SETS:
             if kind == "actions":
-                return BUILTIN_ACTION_SETS[name]
+                return BUILTIN_ACTION_SETS[name], 1
             self.errors.add(file, line, f"@{name} is a built-in action set, not a domain set")
             return empty
         definition = self.defs.get(name)
@@ -416,33 +423,33 @@ class _Resolver:
             cycle = self.stack[self.stack.index(name) :] + [name]
             self.errors.add(file, line, "set cycle: " + " -> ".join(f"@{n}" for n in cycle))
             return empty
-        if len(self.stack) >= MAX_SET_DEPTH:
+        height = self.memo[name][1] if name in self.memo else 1
+        if len(self.stack) + height > MAX_SET_DEPTH:
             self.errors.add(file, line, f"sets nested more than {MAX_SET_DEPTH} deep")
             return empty
-        members = self.expand(name)
-        return members if self._spend(len(members), file, line) else empty
+        return self.expand(name)
 
-    def expand(self, name: str) -> frozenset[str]:
+    def expand(self, name: str) -> tuple[frozenset[str], int]:
         cached = self.memo.get(name)
         if cached is not None:
             return cached
         definition = self.defs[name]
+        file, line = definition.file, definition.line
         self.stack.append(name)
         out: set[str] = set()
+        height = 1
         for item in dict.fromkeys(definition.members):
             if item.startswith("@"):
-                out |= self.ref(item[1:], definition.kind, definition.file, definition.line)
+                members, child_height = self.ref(item[1:], definition.kind, file, line)
+                height = max(height, child_height + 1)
+                self._union(out, members, file, line)
             else:
                 out.add(item)
             if len(out) > MAX_SET_MEMBERS:
-                self.errors.add(
-                    definition.file,
-                    definition.line,
-                    f"set @{name} has more than {MAX_SET_MEMBERS} members",
-                )
+                self.errors.add(file, line, f"set @{name} has more than {MAX_SET_MEMBERS} members")
                 break
         self.stack.pop()
-        result = frozenset(out)
+        result = (frozenset(out), height)
         self.memo[name] = result
         return result
 
@@ -450,14 +457,13 @@ class _Resolver:
         """Expand a rule's list of names and ``@set`` references (``*`` handled by caller)."""
         unique = [item for item in dict.fromkeys(items) if item != "*"]
         if len(unique) == 1 and unique[0].startswith("@"):
-            return self.ref(unique[0][1:], kind, file, line)  # share the set, no copy
+            return self.ref(unique[0][1:], kind, file, line)[0]  # share the set, no copy
         out: set[str] = set()
         for item in unique:
             if item.startswith("@"):
-                out |= self.ref(item[1:], kind, file, line)
+                self._union(out, self.ref(item[1:], kind, file, line)[0], file, line)
             else:
                 out.add(item)
-        self._spend(len(unique), file, line)
         return frozenset(out)
 
 
@@ -481,7 +487,7 @@ def _resolve(statements: _Statements, errors: _Errors, result: ParsedPolicy) -> 
             defs[definition.name] = definition
     resolver = _Resolver(defs, errors)
     for name, definition in defs.items():
-        members = resolver.expand(name)
+        members = resolver.expand(name)[0]
         target = result.action_sets if definition.kind == "actions" else result.domain_sets
         target[name] = members
     for raw in statements.rules:

@@ -1,0 +1,44 @@
+"""Fixtures shared by every ring of the test suite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import Helper, ensure_users, is_root, remove_users  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tenants() -> Iterator[None]:
+    """Real OS users (vpst-alice, vpst-bob, vpst-carol, vpst-mallory); needs root."""
+    if not is_root():
+        pytest.skip("needs root to create OS users (run the suite as root)")
+    ensure_users()
+    yield
+    if not os.environ.get("VPSSHELL_KEEP_USERS"):
+        remove_users()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A temp directory every user can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="vpsshell-test-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def helper(open_dir: Path, tenants: None) -> Iterator[Helper]:
+    """A running vpsshelld on the sim backend with the default test policy."""
+    running = Helper(open_dir / "helper").start()
+    yield running
+    running.stop()

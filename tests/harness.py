@@ -1,0 +1,274 @@
+"""Shared test helpers: polling, real OS users, a real vpsshelld subprocess, running the shell.
+
+Nothing here fakes a part of vpsshell: the helper is the installed ``vpsshelld`` started as a
+process, tenants are OS users created with ``useradd``, and the shell is the installed
+``vpsshell`` run as those users with ``runuser``.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+TEAM_GROUP = "vpst-team"
+USERS = ("vpst-alice", "vpst-bob", "vpst-carol", "vpst-mallory")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``message``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(0.05)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def ensure_users() -> None:
+    """Create the test tenants (idempotent); carol and mallory are in the team group."""
+    try:
+        grp.getgrnam(TEAM_GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", TEAM_GROUP], check=True)
+    for user in USERS:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-M", "-s", "/bin/false", user], check=True)
+    for user in ("vpst-carol", "vpst-mallory"):
+        subprocess.run(["usermod", "-aG", TEAM_GROUP, user], check=True)
+
+
+def remove_users() -> None:
+    for user in USERS:
+        subprocess.run(["userdel", user], check=False, capture_output=True)
+    subprocess.run(["groupdel", TEAM_GROUP], check=False, capture_output=True)
+
+
+SIM_DOMAINS = """
+[[backend.domains]]
+name = "web1"
+vcpus = 1
+memory_mib = 512
+boot_seconds = 0.5
+shutdown_seconds = 0.5
+
+[[backend.domains]]
+name = "web2"
+vcpus = 2
+memory_mib = 1024
+boot_seconds = 0.5
+shutdown_seconds = 3
+
+[[backend.domains]]
+name = "web3"
+vcpus = 1
+memory_mib = 256
+boot_seconds = 0.5
+
+[[backend.domains]]
+name = "web4"
+vcpus = 1
+memory_mib = 256
+boot_seconds = 0.5
+
+[[backend.domains]]
+name = "db1"
+vcpus = 2
+memory_mib = 2048
+boot_seconds = 0.5
+
+[[backend.domains]]
+name = "stubborn"
+vcpus = 1
+memory_mib = 256
+boot_seconds = 0.2
+shutdown_seconds = 600
+"""
+
+DEFAULT_POLICY = """\
+# test tenants
+allow user:vpst-alice  @operator web1 web2 stubborn
+allow user:vpst-alice  poweroff,reset web1 web2 stubborn
+allow group:vpst-team  @operator db1
+deny  user:vpst-mallory *        *   reason="suspended"
+allow user:vpst-bob    status    web3 expires=2020-01-01
+allow user:vpst-bob    @viewer   web4 expires=2999-12-31
+"""
+
+
+class Helper:
+    """A real ``vpsshelld`` process with its own config, policy dir, audit log and sockets."""
+
+    def __init__(
+        self,
+        root: Path,
+        policy: str = DEFAULT_POLICY,
+        extra_config: str = "",
+        requests_per_minute: int = 100000,
+    ) -> None:
+        self.root = root
+        self.policy_dir = root / "policy.d"
+        self.socket = root / "run" / "vpsshelld.sock"
+        self.admin_socket = root / "run" / "admin.sock"
+        self.audit_log = root / "audit.jsonl"
+        self.config = root / "vpsshelld.toml"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = root / "helper.log"
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        self.policy_dir.mkdir(mode=0o755, exist_ok=True)
+        self.write_policy("10-tenants.policy", policy)
+        group = TEAM_GROUP if is_root() else grp.getgrgid(os.getgid()).gr_name
+        self.config.write_text(
+            textwrap.dedent(f"""\
+            socket = "{self.socket}"
+            socket_group = "{group}"
+            admin_socket = "{self.admin_socket}"
+            policy_dir = "{self.policy_dir}"
+            audit_log = "{self.audit_log}"
+            state_dir = "{root / "state"}"
+            console_log_dir = "{root / "console"}"
+            hooks_dir = "{root / "hooks.d"}"
+            policy_poll_seconds = 0.2
+            {extra_config}
+            [limits]
+            requests_per_minute = {requests_per_minute}
+
+            [backend]
+            type = "sim"
+            """)
+            + SIM_DOMAINS
+        )
+
+    def write_policy(self, name: str, text: str, mode: int = 0o644) -> Path:
+        path = self.policy_dir / name
+        tmp = self.policy_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        return path
+
+    def start(self) -> Helper:
+        self.process = subprocess.Popen(
+            [str(BIN / "vpsshelld"), "--config", str(self.config), "--foreground"],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._answers, 15, f"vpsshelld never answered on {self.socket}")
+        # tenants outside the socket group still need to connect in these tests
+        os.chmod(self.socket, 0o666)
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"vpsshelld exited: {self.log.read_text()[-2000:]}")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.socket))
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+
+    def admin(self, op: str, **args: Any) -> Any:
+        from vpsshell.shell.client import HelperClient
+
+        client = HelperClient(str(self.admin_socket))
+        try:
+            return client.call(op, args)
+        finally:
+            client.close()
+
+
+class Result:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def __repr__(self) -> str:
+        return f"Result(code={self.code}, out={self.out!r}, err={self.err!r})"
+
+
+def vpsshell_as(
+    user: str | None,
+    helper: Helper | None,
+    *argv: str,
+    env: dict[str, str] | None = None,
+    program: Path | None = None,
+    stdin: str | None = None,
+) -> Result:
+    """Run the installed ``vpsshell ARGV...`` as ``user`` (None: the current user)."""
+    environment = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    if helper is not None:
+        environment["VPSSHELL_SOCKET"] = str(helper.socket)
+    environment.update(env or {})
+    command = [str(program or BIN / "vpsshell"), *argv]
+    if user is not None:
+        command = ["runuser", "-u", user, "--", "env", "-i"] + [
+            f"{k}={v}" for k, v in environment.items()
+        ] + command
+    proc = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment if user is None else None,
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+    )
+    return Result(proc)
+
+
+def run(user: str, helper: Helper, line: str) -> Result:
+    return vpsshell_as(user, helper, "-c", line)
+
+
+def copy_tree_readable(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)
+    for path in [dst, *dst.rglob("*")]:
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)

@@ -1,0 +1,1 @@
+"""``vpsshell-admin``: the administrator's tools (policy checks, reload, installing the shell)."""
