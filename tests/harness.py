@@ -249,9 +249,11 @@ def vpsshell_as(
     environment.update(env or {})
     command = [str(program or BIN / "vpsshell"), *argv]
     if user is not None:
-        command = ["runuser", "-u", user, "--", "env", "-i"] + [
-            f"{k}={v}" for k, v in environment.items()
-        ] + command
+        command = (
+            ["runuser", "-u", user, "--", "env", "-i"]
+            + [f"{k}={v}" for k, v in environment.items()]
+            + command
+        )
     proc = subprocess.run(
         command,
         capture_output=True,

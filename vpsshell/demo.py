@@ -82,9 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         config = _write_files(root, getpass.getuser())
         with open(os.path.join(root, "helper.log"), "wb") as log:
             helper = subprocess.Popen(
-                [sys.executable, "-I", "-m", "vpsshell.daemon.main", "--config", config,
-                 "--foreground"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-I",
+                    "-m",
+                    "vpsshell.daemon.main",
+                    "--config",
+                    config,
+                    "--foreground",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         sock = os.path.join(root, "vpsshelld.sock")
         if not _wait_for_socket(sock, helper, 15):
@@ -93,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             print("vpsshell-demo: the demo helper did not start", file=sys.stderr)
             return 69
         if not args:
-            print("vpsshell demo: a private helper with a simulated host is running.\n"
-                  "You own web1, web2 and db1; billing belongs to someone else.\n"
-                  "Try: list, start web1, status web1, help. Leave with exit or Ctrl-D.\n")
+            print(
+                "vpsshell demo: a private helper with a simulated host is running.\n"
+                "You own web1, web2 and db1; billing belongs to someone else.\n"
+                "Try: list, start web1, status web1, help. Leave with exit or Ctrl-D.\n"
+            )
         env = dict(os.environ, VPSSHELL_SOCKET=sock)
         with contextlib.suppress(KeyboardInterrupt):
             return subprocess.call(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import subprocess
+from pathlib import Path
 
 from harness import BIN, Helper, run, wait_until
 
@@ -62,7 +63,8 @@ def test_disconnect_mid_request(helper: Helper) -> None:
     run("vpst-alice", helper, "start web2")
     wait_until(
         lambda: run("vpst-alice", helper, "status web2 --json").json()["state"] == "running",
-        10, "web2 running",
+        10,
+        "web2 running",
     )
     leave_early = (
         "import socket, sys; from vpsshell import protocol; "
@@ -71,13 +73,23 @@ def test_disconnect_mid_request(helper: Helper) -> None:
         "protocol.request(1, 'shutdown', {'domain': 'web2', 'wait': 30}))); s.close()"
     )
     subprocess.run(
-        ["runuser", "-u", "vpst-alice", "--", str(BIN / "python"), "-I", "-c", leave_early,
-         str(helper.socket)],
+        [
+            "runuser",
+            "-u",
+            "vpst-alice",
+            "--",
+            str(BIN / "python"),
+            "-I",
+            "-c",
+            leave_early,
+            str(helper.socket),
+        ],
         check=True,
     )
     wait_until(
         lambda: run("vpst-alice", helper, "status web2 --json").json()["state"] == "shutoff",
-        15, "web2 shut off after the client left",
+        15,
+        "web2 shut off after the client left",
     )
     still_serving(helper)
 
@@ -85,13 +97,16 @@ def test_disconnect_mid_request(helper: Helper) -> None:
 def test_hand_written_client_gets_no_more_than_the_shell(helper: Helper) -> None:
     """Root is a caller like any other: it owns nothing in the policy."""
     sock = connect(helper)
-    for request_id, (op, args) in enumerate([
-        ("start", {"domain": "web1", "user": "vpst-alice", "uid": 1000}),
-        ("start", {"domain": "../../etc/passwd"}),
-        ("start", {"domain": ["web1"]}),
-        ("shutdown", {"domain": "web1", "wait": 10**9}),
-        ("nosuchop", {}),
-    ], start=1):
+    for request_id, (op, args) in enumerate(
+        [
+            ("start", {"domain": "web1", "user": "vpst-alice", "uid": 1000}),
+            ("start", {"domain": "../../etc/passwd"}),
+            ("start", {"domain": ["web1"]}),
+            ("shutdown", {"domain": "web1", "wait": 10**9}),
+            ("nosuchop", {}),
+        ],
+        start=1,
+    ):
         sock.sendall(protocol.encode_message(protocol.request(request_id, op, args)))
         header = sock.recv(protocol.HEADER.size)
         _, length = protocol.parse_header(header)
@@ -129,8 +144,9 @@ def test_every_request_is_audited(helper: Helper) -> None:
     assert ("vpst-bob", "start", "deny") in by_user
     assert ("vpst-mallory", "status", "deny") in by_user
     assert ("vpst-alice", "list", "allow") in by_user
-    start = next(line for line in lines if line.get("user") == "vpst-alice"
-                 and line["action"] == "start")
+    start = next(
+        line for line in lines if line.get("user") == "vpst-alice" and line["action"] == "start"
+    )
     assert start["rule"] == "10-tenants.policy:2"
     assert start["result"] == "ok" and start["domain"] == "web1"
     for key in ("time", "request_id", "uid", "pid", "duration_ms"):
@@ -139,7 +155,7 @@ def test_every_request_is_audited(helper: Helper) -> None:
     assert mallory["rule"] == "10-tenants.policy:5" and mallory["reason"] == "suspended"
 
 
-def test_rate_limit_gives_75_and_other_users_are_unaffected(open_dir, tenants) -> None:  # type: ignore[no-untyped-def]
+def test_rate_limit_gives_75_and_other_users_are_unaffected(open_dir: Path, tenants: None) -> None:
     limited = Helper(open_dir / "limited", requests_per_minute=60).start()
     try:
         sock = connect(limited)

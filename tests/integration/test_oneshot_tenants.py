@@ -102,9 +102,19 @@ def test_concurrent_power_actions_on_one_domain_do_not_interleave(helper: Helper
     run(alice, helper, "start web2")
     wait_until(lambda: state_of(helper, alice, "web2") == "running", 10, "web2 running")
     waiting = subprocess.Popen(
-        ["runuser", "-u", alice, "--", "env", f"VPSSHELL_SOCKET={helper.socket}",
-         str(BIN / "vpsshell"), "-c", "shutdown web2 --wait=30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            "runuser",
+            "-u",
+            alice,
+            "--",
+            "env",
+            f"VPSSHELL_SOCKET={helper.socket}",
+            str(BIN / "vpsshell"),
+            "-c",
+            "shutdown web2 --wait=30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     wait_until(lambda: state_of(helper, alice, "web2") == "shutting-down", 10, "shutting down")
     busy = run(alice, helper, "poweroff web2")

@@ -36,7 +36,7 @@ def install_launcher(path: str, python: str | None = None) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o755)  # noqa: S103 - a login shell every tenant runs
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from vpsshell import paths
 
+if TYPE_CHECKING:
+    from vpsshell.daemon.config import DaemonConfig
+    from vpsshell.policy import Policy
 
-def _config(path: str):  # type: ignore[no-untyped-def]
+
+def _config(path: str) -> DaemonConfig:
     from vpsshell.daemon.config import DaemonConfig, load_config
 
     if path == paths.DAEMON_CONFIG and not os.path.exists(path):
@@ -21,7 +26,7 @@ def _config(path: str):  # type: ignore[no-untyped-def]
     return load_config(path)
 
 
-def _load_policy(config_path: str):  # type: ignore[no-untyped-def]
+def _load_policy(config_path: str) -> Policy:
     from vpsshell.policy import load_policy_dir
 
     config = _config(config_path)
