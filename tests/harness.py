@@ -108,7 +108,7 @@ shutdown_seconds = 600
 DEFAULT_POLICY = """\
 # test tenants
 allow user:vpst-alice  @operator web1 web2 stubborn
-allow user:vpst-alice  poweroff,reset web1 web2 stubborn
+allow user:vpst-alice  sysrq     web1
 allow group:vpst-team  @operator db1
 deny  user:vpst-mallory *        *   reason="suspended"
 allow user:vpst-bob    status    web3 expires=2020-01-01

@@ -30,7 +30,7 @@ def _write_files(root: str, user: str) -> str:
         fh.write(
             "# the demo tenant owns three domains; billing belongs to somebody else\n"
             f"allow user:{user} @operator web1 web2 db1\n"
-            f"allow user:{user} poweroff,reset,sysrq web1 web2 db1\n"
+            f"allow user:{user} sysrq web1 web2 db1\n"
             "allow user:someone-else @all billing\n"
         )
     group = grp.getgrgid(os.getgid()).gr_name

@@ -38,8 +38,10 @@ def test_allow_grants_exactly_the_listed_actions_and_domains() -> None:
     assert decision.deciding is policy.rules[0]
     assert decision.reason is None
     assert (decision.user, decision.action, decision.domain) == ("alice", "start", "web2")
-    assert not decide(policy, "alice", "poweroff", "web1").allowed
+    assert decide(policy, "alice", "poweroff", "web1").allowed
+    assert decide(policy, "alice", "reset", "web1").allowed
     assert not decide(policy, "alice", "sysrq", "web1").allowed
+    assert not decide(policy, "alice", "start", "web3").allowed
 
 
 @pytest.mark.parametrize(
@@ -238,7 +240,8 @@ def test_example_scenarios() -> None:
     example = Path(__file__).resolve().parents[2] / "policy" / "example.policy"
     policy = parse_policy(example.read_text(), "example.policy")
     assert decide(policy, "alice", "start", "web1").allowed
-    assert not decide(policy, "alice", "poweroff", "web1").allowed
+    assert decide(policy, "alice", "poweroff", "web1").allowed  # @operator includes it
+    assert not decide(policy, "alice", "sysrq", "web1").allowed
     assert decide(policy, "dave", "console", "acme-db", ("acme",)).allowed
     carol = decide(policy, "carol", "poweroff", "web3")
     assert carol.allowed and carol.confirm == "password"

@@ -60,7 +60,8 @@ def test_example_policy_parses_without_errors() -> None:
     alice = policy.rules[0]
     assert alice.domains == frozenset({"web1", "web2"})
     assert alice.actions == frozenset(
-        {"status", "log", "watch", "events", "start", "shutdown", "reboot", "console"}
+        {"status", "log", "watch", "events", "start", "shutdown", "reboot", "poweroff", "reset"}
+        | {"console"}
     )
     mallory = policy.rules[-1]
     assert (mallory.effect, mallory.domains, mallory.reason) == ("deny", None, "suspended")

