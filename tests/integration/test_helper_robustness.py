@@ -121,10 +121,12 @@ def test_hand_written_client_gets_no_more_than_the_shell(helper: Helper) -> None
 
 
 def test_connection_cap_per_user(helper: Helper) -> None:
-    socks = [connect(helper) for _ in range(16)]
-    for sock in socks:  # make sure each is accepted and counted
+    socks = []
+    for _ in range(16):  # one at a time, each accepted and counted before the next
+        sock = connect(helper)
         sock.sendall(protocol.encode_message(protocol.request(1, "whoami", {})))
         assert b'"ok":true' in sock.recv(65536)
+        socks.append(sock)
     extra = connect(helper)
     assert b"too many open sessions" in extra.recv(65536)
     extra.close()
