@@ -1,4 +1,4 @@
-"""The helper's own life: config check, clean stop, restart with persisted state, crash injection."""
+"""The helper's own life: config check, clean stop, restart with state, crash injection."""
 
 from __future__ import annotations
 
