@@ -172,3 +172,23 @@ def test_helper_down_is_69_and_names_the_socket(helper: Helper) -> None:
     result = run("vpst-alice", helper, "list")
     assert result.code == 69
     assert str(helper.socket) in result.err
+
+
+def test_file_transfer_and_shell_commands_are_refused_and_audited(helper: Helper) -> None:
+    for line in [
+        "/bin/sh",
+        "bash --noprofile",
+        "scp -t /tmp",
+        "rsync --server -vlogDtpre.iLsfxC . /tmp",
+        "/usr/lib/openssh/sftp-server",
+        "/bin/sh .ssh/rc",
+    ]:
+        result = run("vpst-carol", helper, line)
+        assert result.code == 64, (line, result)
+    refused = [
+        entry["line"]
+        for entry in helper.audit()
+        if entry.get("user") == "vpst-carol" and entry.get("decision") == "refused"
+    ]
+    assert "scp -t /tmp" in refused and "/usr/lib/openssh/sftp-server" in refused
+    assert len(refused) == 6

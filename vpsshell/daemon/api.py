@@ -49,6 +49,7 @@ class Request(NamedTuple):
     domain: str | None
     args: dict[str, Any]
     progress: Progress
+    audit: dict[str, Any]  # handlers may add fields to this request's audit line
 
 
 class Target(NamedTuple):
@@ -242,7 +243,8 @@ class TenantApi:
         async def send_progress(text: str) -> None:
             await progress(protocol.progress(request_id, text))
 
-        return Request(request_id, operation.name, caller, domain, args, send_progress), operation
+        request = Request(request_id, operation.name, caller, domain, args, send_progress, audit)
+        return request, operation
 
     async def _authorize(
         self, request: Request, operation: Operation, audit: dict[str, Any]
@@ -295,6 +297,22 @@ async def _power_action(
     async with lock:
         await act(target.info.uuid)
         return _message(await api.backend.info(target.info.uuid), verb)
+
+
+def _refused_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    untrusted_line = untrusted.get("line")
+    if not isinstance(untrusted_line, str) or set(untrusted) != {"line"}:
+        raise UsageError("refused: expected a line")
+    # kept only as an escaped, clipped string: it is evidence, never parsed or executed
+    return {"line": untrusted_line[:1024].encode("unicode_escape").decode("ascii")[:1024]}
+
+
+@operation("refused", args=_refused_args)
+async def op_refused(api: TenantApi, request: Request, target: Target | None) -> Any:
+    """The shell reports a command it refused (a tenant ran ``sftp-server``, ``scp``...)."""
+    request.audit["decision"] = "refused"
+    request.audit["line"] = request.args["line"]
+    return {}
 
 
 @operation("list")
