@@ -20,8 +20,10 @@ from vpsshell import __version__, protocol
 from vpsshell.backends.base import Backend, DomainInfo, DomainState
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
-from vpsshell.daemon.peer import Caller
+from vpsshell.daemon.consoles import Attachment, ConsoleManager
+from vpsshell.daemon.peer import Caller, resolve_caller
 from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.daemon.server import SESSION_KEY
 from vpsshell.errors import (
     Denied,
     TemporaryFailure,
@@ -29,6 +31,7 @@ from vpsshell.errors import (
     VpsError,
     not_found_or_denied,
 )
+from vpsshell.policy import Decision
 
 log = logging.getLogger("vpsshell.api")
 
@@ -142,8 +145,14 @@ def _message(info: DomainInfo, verb: str) -> dict[str, Any]:
 
 class TenantApi:
     def __init__(
-        self, backend: Backend, policy: PolicyState, audit: AuditLog, limits: Limits
+        self,
+        backend: Backend,
+        policy: PolicyState,
+        audit: AuditLog,
+        limits: Limits,
+        consoles: ConsoleManager,
     ) -> None:
+        self.consoles = consoles
         self.backend = backend
         self.policy = policy
         self.audit = audit
@@ -187,7 +196,10 @@ class TenantApi:
                 timeout=self.limits.action_timeout_seconds + (request.args.get("wait") or 0),
             )
             audit["result"] = "ok"
-            return protocol.reply_ok(request.id, result)
+            reply = protocol.reply_ok(request.id, result)
+            if isinstance(result, dict) and SESSION_KEY in result:
+                reply[SESSION_KEY] = result.pop(SESSION_KEY)  # the server runs it, never sends it
+            return reply
         except VpsError as exc:
             audit["result"] = exc.kind
             audit["message"] = exc.message
@@ -252,10 +264,7 @@ class TenantApi:
         if operation.action is None or request.domain is None:
             audit["decision"] = "allow"
             return None
-        caller = request.caller
-        decision = self.policy.policy.decide(
-            caller.user, caller.groups, operation.action, request.domain
-        )
+        decision = self.decide(request.caller, operation.action, request.domain)
         audit["rule"] = decision.deciding.location if decision.deciding else None
         if not decision.allowed:
             audit["decision"] = "deny"
@@ -276,6 +285,29 @@ class TenantApi:
         audit["decision"] = "allow"
         audit["uuid"] = info.uuid
         return Target(info, audit["rule"])
+
+    def decide(self, caller: Caller, action: str, domain: str) -> Decision:
+        """The policy's decision; who may use a console may also watch it, unless denied."""
+        policy = self.policy.policy
+        decision = policy.decide(caller.user, caller.groups, action, domain)
+        if (
+            action == "watch"
+            and not decision.allowed
+            and not any(rule.effect == "deny" for rule in decision.matches)
+        ):
+            console = policy.decide(caller.user, caller.groups, "console", domain)
+            if console.allowed:
+                return console
+        return decision
+
+    def still_attached_allowed(self, attachment: Attachment, domain: str) -> bool:
+        """After a policy reload: may this console attachment stay? Groups are looked up anew."""
+        caller = attachment.caller
+        fresh = resolve_caller(caller.pid, caller.uid, caller.gid)
+        if fresh is None:
+            return False
+        action = "console" if attachment.mode == "write" else "watch"
+        return self.decide(fresh, action, domain).allowed
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
         lock = self._locks.get(uuid)
@@ -399,3 +431,86 @@ async def op_version(api: TenantApi, request: Request, target: Target | None) ->
         "protocol": protocol.PROTOCOL_VERSION,
         "backend": api.backend.kind,
     }
+
+
+def _console_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    extra = set(untrusted) - {"domain", "takeover", "replay"}
+    if extra:
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    takeover = untrusted.get("takeover", False)
+    replay = untrusted.get("replay", limits.console_replay_default_bytes)
+    if not isinstance(takeover, bool):
+        raise UsageError("takeover: expected true or false")
+    if isinstance(replay, bool) or not isinstance(replay, int) or replay < 0:
+        raise UsageError("replay: expected a number of bytes")
+    return {"takeover": takeover, "replay": min(replay, limits.console_ring_bytes)}
+
+
+async def _attach(api: TenantApi, request: Request, target: Target | None, mode: str) -> Any:
+    from vpsshell.daemon.console_session import run_console_session
+
+    assert target is not None
+    hub = api.consoles.hub_for(target.info)
+    attachment = api.consoles.new_attachment(request.caller, mode)
+    takeover = bool(request.args.get("takeover")) and mode == "write"
+    hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
+    request.audit["console"] = {"mode": mode, "takeover": takeover, "attachment": attachment.id}
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await run_console_session(attachment, hub, reader, writer)
+
+    return {
+        "domain": target.info.name,
+        "state": (await api.backend.info(target.info.uuid)).state.value,
+        "mode": mode,
+        SESSION_KEY: session,
+    }
+
+
+@operation("console", action="console", domain="required", args=_console_args)
+async def op_console(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _attach(api, request, target, "write")
+
+
+@operation("watch", action="watch", domain="required", args=_console_args)
+async def op_watch(api: TenantApi, request: Request, target: Target | None) -> Any:
+    return await _attach(api, request, target, "watch")
+
+
+def _log_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    extra = set(untrusted) - {"domain", "lines"}
+    if extra:
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    lines = untrusted.get("lines", 100)
+    if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= 10000:
+        raise UsageError("lines: expected 1..10000")
+    return {"lines": lines}
+
+
+@operation("log", action="log", domain="required", args=_log_args)
+async def op_log(api: TenantApi, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    hub = api.consoles.hub_for(target.info)
+    lines = await asyncio.to_thread(hub.log.tail, request.args["lines"])
+    return {"domain": target.info.name, "lines": lines}
+
+
+def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    extra = set(untrusted) - {"domain", "key"}
+    if extra:
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    key = untrusted.get("key")
+    if not isinstance(key, str) or len(key) != 1 or not ("a" <= key <= "z" or "0" <= key <= "9"):
+        raise UsageError("key: expected one of 0-9 or a-z")
+    return {"key": key}
+
+
+@operation("sysrq", action="sysrq", domain="required", args=_sysrq_args)
+async def op_sysrq(api: TenantApi, request: Request, target: Target | None) -> Any:
+    key = request.args["key"]
+
+    async def send(uuid: str) -> None:
+        await api.backend.sysrq(uuid, key)
+
+    result = await _power_action(api, target, send, f"sent SysRq {key}")
+    return result

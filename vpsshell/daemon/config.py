@@ -29,6 +29,11 @@ class Limits:
     shutdown_wait_default_seconds: int = 60
     shutdown_wait_max_seconds: int = 600
     idle_timeout_seconds: float = 3600.0  # a connection with no request for this long is closed
+    console_ring_bytes: int = 64 * 1024  # scrollback kept per domain, for replay on attach
+    console_replay_default_bytes: int = 16 * 1024
+    console_log_bytes: int = 1024 * 1024  # per file; then rotated
+    console_log_files: int = 4  # NAME.log plus NAME.log.1 .. .3
+    console_client_queue_bytes: int = 1024 * 1024  # a viewer this far behind is dropped
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ def _limits(table: dict[str, Any]) -> Limits:
     values: dict[str, Any] = {}
     for name in known:
         default = getattr(defaults, name)
-        number = _number(table, name, default, 1, 86400 * 7 if "seconds" in name else 100000)
+        high = 86400 * 7 if "seconds" in name else 1 << 30 if "bytes" in name else 100000
+        number = _number(table, name, default, 1, high)
         values[name] = int(number) if isinstance(default, int) else float(number)
     return Limits(**values)
 

@@ -13,12 +13,14 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from vpsshell import __version__, paths
 
 if TYPE_CHECKING:
     from vpsshell.daemon.config import DaemonConfig
+    from vpsshell.policy import Policy
 
 log = logging.getLogger("vpsshell")
 
@@ -73,6 +75,7 @@ async def _serve(config: DaemonConfig) -> int:
     from vpsshell.daemon.admin_api import AdminApi
     from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
+    from vpsshell.daemon.consoles import Attachment, ConsoleManager
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener, bind_socket
 
@@ -81,18 +84,47 @@ async def _serve(config: DaemonConfig) -> int:
     backend = create_backend(config.backend, config.state_dir)
     await backend.open()
 
-    def on_reload(policy: object) -> None:
-        errors = getattr(policy, "errors", [])
+    limits = config.limits
+
+    def on_detach(attachment: Attachment, reason: str) -> None:
+        audit.write(
+            action="console-detach",
+            decision="allow",
+            result=reason,
+            uid=attachment.caller.uid,
+            user=attachment.caller.user,
+            pid=attachment.caller.pid,
+            domain=attachment.hub.name if attachment.hub else None,
+            mode=attachment.mode,
+            attachment=attachment.id,
+            seconds=round(time.time() - attachment.since, 1),
+        )
+
+    consoles = ConsoleManager(
+        backend,
+        config.console_log_dir,
+        ring_bytes=limits.console_ring_bytes,
+        log_bytes=limits.console_log_bytes,
+        log_files=limits.console_log_files,
+        queue_bytes=limits.console_client_queue_bytes,
+        on_detach=on_detach,
+    )
+
+    def on_reload(policy: Policy) -> None:
+        errors = policy.errors
         audit.write(
             action="policy-reloaded",
             decision="admin",
             result="broken" if errors else "ok",
             message="; ".join(str(e) for e in errors)[:500] or None,
         )
+        consoles.revoke(tenant_api.still_attached_allowed)
 
-    policy = PolicyState(config.policy_dir, on_reload=on_reload)
+    policy = PolicyState(config.policy_dir)
+    tenant_api = TenantApi(backend, policy, audit, limits, consoles)
+    policy.on_reload = on_reload
     policy.reload()
-    tenant_api = TenantApi(backend, policy, audit, config.limits)
+    await consoles.start_all()
     admin_api = AdminApi(backend, policy, audit)
     tenant = Listener(
         "tenant",
@@ -126,6 +158,7 @@ async def _serve(config: DaemonConfig) -> int:
         watcher.cancel()
         await tenant.stop()
         await admin.stop()
+        await consoles.stop()
         await backend.close()
         audit.close()
     return 0

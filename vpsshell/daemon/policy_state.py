@@ -23,7 +23,7 @@ class PolicyState:
         self.trusted_uids = frozenset({0, os.geteuid()})
         self.policy: Policy = Policy.from_texts({})
         self._fingerprint: object = None
-        self._on_reload = on_reload
+        self.on_reload = on_reload
 
     def reload(self) -> Policy:
         self._fingerprint = dir_fingerprint(self.policy_dir)
@@ -37,8 +37,8 @@ class PolicyState:
             log.info(
                 "policy loaded: %d rule(s) from %d file(s)", len(policy.rules), len(policy.files)
             )
-        if self._on_reload is not None:
-            self._on_reload(policy)
+        if self.on_reload is not None:
+            self.on_reload(policy)
         return policy
 
     def changed(self) -> bool:

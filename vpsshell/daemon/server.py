@@ -26,6 +26,16 @@ from vpsshell.daemon.peer import Caller, peer_credentials, resolve_caller
 
 log = logging.getLogger("vpsshell.server")
 
+SESSION_KEY = "_session"  # in a reply dict: never sent, takes over the connection after it
+Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def _closed_reader() -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_eof()
+    return reader
+
+
 RequestHandler = Callable[
     [Caller, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
     Awaitable[dict[str, Any]],
@@ -220,9 +230,16 @@ class Listener:
                     await self._send(writer, protocol.reply_error(None, "usage", str(exc)))
                 return
             reply = await self.handle_request(caller, untrusted_message, send)
+            # a console request hands the rest of the connection to its session
+            session: Session | None = reply.pop(SESSION_KEY, None)
             try:
                 await self._send(writer, reply)
             except ConnectionError:
+                if session is not None:
+                    await session(_closed_reader(), writer)
+                return
+            if session is not None:
+                await session(reader, writer)
                 return
 
     @staticmethod

@@ -40,6 +40,17 @@ class HelperClient:
         self._sock = sock
         return sock
 
+    def open_console(self, op: str, args: dict[str, Any]) -> tuple[Any, socket.socket]:
+        """Make a console request; on success the connection becomes the console session.
+
+        Returns the reply's result and the socket, which now belongs to the caller (this
+        client will open a new connection for any later request)."""
+        result = self.call(op, args, timeout=30.0)
+        sock = self._connect()
+        self._sock = None
+        sock.settimeout(None)
+        return result, sock
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()

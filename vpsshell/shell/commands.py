@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 
 from vpsshell import __version__
 from vpsshell.errors import UsageError
-from vpsshell.shell.grammar import FLAG, SECONDS, Option, ParsedCommand, Verb
+from vpsshell.shell.grammar import COUNT, FLAG, SECONDS, Option, ParsedCommand, Verb
 
 
 class Output(NamedTuple):
@@ -30,6 +30,8 @@ class Context(Protocol):
     interactive: bool
 
     def call(self, op: str, args: dict[str, Any], *, timeout: float = ...) -> Any: ...
+
+    def attach_console(self, op: str, args: dict[str, Any], mode: str) -> int: ...
 
 
 Handler = Callable[[Context, ParsedCommand], Output]
@@ -163,3 +165,57 @@ def cmd_version(ctx: Context, parsed: ParsedCommand) -> Output:
 @command("exit", "leave the shell", aliases=("quit",), interactive_only=True)
 def cmd_exit(ctx: Context, parsed: ParsedCommand) -> Output:
     return Output("exit", None)
+
+
+WATCH = Option("watch", FLAG, "watch only: see the console, type nothing")
+TAKEOVER = Option("takeover", FLAG, "take the console over from its current writer")
+REPLAY = Option(
+    "replay", COUNT, "replay this many bytes of recent output (default 16384)", max_value=1 << 20
+)
+NO_REPLAY = Option("no-replay", FLAG, "do not replay recent output")
+
+
+@command(
+    "console",
+    "attach to the serial console (Ctrl-] detaches)",
+    domain="required",
+    options=(WATCH, TAKEOVER, REPLAY, NO_REPLAY),
+)
+def cmd_console(ctx: Context, parsed: ParsedCommand) -> Output:
+    options = parsed.options
+    if "replay" in options and "no-replay" in options:
+        raise UsageError("console: --replay and --no-replay exclude each other")
+    if "watch" in options and "takeover" in options:
+        raise UsageError("console: --watch and --takeover exclude each other")
+    args: dict[str, Any] = {"domain": parsed.domain}
+    if "no-replay" in options:
+        args["replay"] = 0
+    elif "replay" in options:
+        args["replay"] = options["replay"]
+    mode = "watch" if options.get("watch") else "write"
+    if mode == "write":
+        args["takeover"] = bool(options.get("takeover"))
+    return Output(
+        "ended", ctx.attach_console("watch" if mode == "watch" else "console", args, mode)
+    )
+
+
+LINES = Option("lines", COUNT, "how many lines (default 100, at most 10000)", max_value=10000)
+
+
+@command("log", "recent console output of a domain", domain="required", options=(LINES, JSON))
+def cmd_log(ctx: Context, parsed: ParsedCommand) -> Output:
+    args: dict[str, Any] = {"domain": parsed.domain}
+    if "lines" in parsed.options:
+        args["lines"] = parsed.options["lines"]
+        if not args["lines"]:
+            raise UsageError("log: --lines must be at least 1")
+    return Output("log", ctx.call("log", args))
+
+
+@command("sysrq", "send magic SysRq KEY (0-9, a-z) to a domain", domain="required", extra_arg="KEY")
+def cmd_sysrq(ctx: Context, parsed: ParsedCommand) -> Output:
+    key = parsed.extra or ""
+    if len(key) != 1 or not (key.isdigit() or "a" <= key <= "z"):
+        raise UsageError(f"sysrq: {key!r} is not a SysRq key (one of 0-9 or a-z)")
+    return Output("action", ctx.call("sysrq", {"domain": parsed.domain, "key": key}))

@@ -98,6 +98,9 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             f"vpsshell {inert(data.get('shell'))}, helper {inert(data.get('helper'))}"
             f" (protocol {inert(data.get('protocol'))}, backend {inert(data.get('backend'))})\n"
         )
+    elif kind == "log":  # guest output: shown inert, line by line
+        for line in data.get("lines", []):
+            env.stdout.write(f"{inert(line)}\n")
     elif kind == "help":
         width = max(len(usage) for usage, _ in data)
         for usage, summary in data:

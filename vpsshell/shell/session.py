@@ -31,6 +31,14 @@ class Session:
             op, args, timeout=timeout, on_progress=lambda text: render.show_progress(text, self.env)
         )
 
+    def attach_console(self, op: str, args: dict[str, Any], mode: str) -> ExitCode:
+        """Turn this terminal into the domain's console until detach; returns the exit code."""
+        from vpsshell.shell.console import run_console
+
+        result, sock = self.client.open_console(op, args)
+        self.env.stdout.flush()
+        return run_console(sock, self.env, str(result.get("domain")), mode)
+
     def close(self) -> None:
         self.client.close()
 
@@ -46,6 +54,8 @@ def execute_line(line: str, session: Session) -> tuple[ExitCode, bool]:
         if parsed is None:
             return ExitCode.OK, False
         output = HANDLERS[parsed.verb.name](session, parsed)
+        if output.kind == "ended":  # the handler ran interactively (a console) and says how
+            return ExitCode(output.data), False
         render.show(output, env, as_json=bool(parsed.options.get("json")))
         return ExitCode.OK, output.kind == "exit"
     except VpsError as exc:
