@@ -102,7 +102,7 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
     previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
     try:
         if saved_attrs is not None:
-            tty.setraw(stdin_fd)
+            tty.setraw(stdin_fd, termios.TCSANOW)  # keep what the tenant typed ahead
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ, "sock")
         selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
