@@ -218,7 +218,8 @@ def test_a_stalled_watcher_does_not_slow_the_writer(open_dir: Path, tenants: Non
                 "import socket, sys, time\n"
                 "from vpsshell import protocol\n"
                 "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
-                "s.sendall(protocol.encode_message(protocol.request(1, 'watch', {'domain': 'web1'})))\n"
+                "request = protocol.request(1, 'watch', {'domain': 'web1'})\n"
+                "s.sendall(protocol.encode_message(request))\n"
                 "time.sleep(120)\n",
                 str(helper.socket),
             ],
