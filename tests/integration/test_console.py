@@ -251,3 +251,16 @@ def test_a_stalled_watcher_does_not_slow_the_writer(open_dir: Path, tenants: Non
         stalled.wait()
     finally:
         helper.stop()
+
+
+def test_admin_lists_and_kicks_console_sessions(running: Helper) -> None:
+    session = console(running, "vpst-alice", "--watch")
+    session.expect("Press Ctrl-] to detach")
+    listed = running.admin("sessions")
+    assert [(s["user"], s["domain"], s["mode"]) for s in listed] == [
+        ("vpst-alice", "web1", "watch")
+    ]
+    assert running.admin("kick", user="vpst-alice") == {"kicked": 1}
+    session.expect("administrator ended")
+    assert finish(session) == 77
+    assert running.admin("sessions") == []

@@ -1,4 +1,5 @@
-"""The admin socket's operations (root only, mode 0600): reload the policy, inject sim faults.
+"""The admin socket's operations (root only, mode 0600): reload the policy, list and end console
+sessions, inject sim faults.
 
 Only connections from uid 0 (or the helper's own uid, for an unprivileged demo helper) reach
 this module; the listener checks the peer credentials before any byte is read.
@@ -13,12 +14,16 @@ from vpsshell import protocol
 from vpsshell.backends.base import Backend
 from vpsshell.daemon.api import DOMAIN_NAME_RE
 from vpsshell.daemon.audit import AuditLog
+from vpsshell.daemon.consoles import ConsoleManager
 from vpsshell.daemon.peer import Caller
 from vpsshell.daemon.policy_state import PolicyState
 
 
 class AdminApi:
-    def __init__(self, backend: Backend, policy: PolicyState, audit: AuditLog) -> None:
+    def __init__(
+        self, backend: Backend, policy: PolicyState, audit: AuditLog, consoles: ConsoleManager
+    ) -> None:
+        self.consoles = consoles
         self.backend = backend
         self.policy = policy
         self.audit = audit
@@ -49,6 +54,17 @@ class AdminApi:
                 return protocol.reply_error(request_id, "failed", "no such domain")
             await self.backend.inject_crash(info.uuid)
             result = {"domain": info.name}
+        elif op == "sessions":
+            result = self.consoles.describe()
+        elif op == "kick":
+            untrusted_id = args.get("id")
+            untrusted_user = args.get("user")
+            result = {
+                "kicked": self.consoles.kick(
+                    attachment_id=untrusted_id if isinstance(untrusted_id, int) else None,
+                    user=untrusted_user if isinstance(untrusted_user, str) else None,
+                )
+            }
         else:
             return protocol.reply_error(request_id, "usage", "unknown admin operation")
         self.audit.write(

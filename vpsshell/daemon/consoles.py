@@ -286,6 +286,18 @@ class ConsoleManager:
                     ended += 1
         return ended
 
+    def kick(self, *, attachment_id: int | None, user: str | None) -> int:
+        """An admin ends sessions, by attachment id or by user; returns how many."""
+        if attachment_id is None and user is None:
+            return 0
+        ended = 0
+        for hub in self.hubs.values():
+            for attachment in list(hub.attachments):
+                if attachment.id == attachment_id or attachment.caller.user == user:
+                    hub.detach(attachment, "kicked", "an administrator ended this console session")
+                    ended += 1
+        return ended
+
     def describe(self) -> list[dict[str, Any]]:
         return [
             {

@@ -125,7 +125,7 @@ async def _serve(config: DaemonConfig) -> int:
     policy.on_reload = on_reload
     policy.reload()
     await consoles.start_all()
-    admin_api = AdminApi(backend, policy, audit)
+    admin_api = AdminApi(backend, policy, audit, consoles)
     tenant = Listener(
         "tenant",
         bind_socket(config.socket, 0o660, config.socket_group),

@@ -26,6 +26,7 @@ CLOSE_EXIT_CODES = {
     "takeover": ExitCode.TEMPORARY,
     "too-slow": ExitCode.TEMPORARY,
     "revoked": ExitCode.DENIED,
+    "kicked": ExitCode.DENIED,
     "helper-stopping": ExitCode.UNAVAILABLE,
     "time-limit": ExitCode.TEMPORARY,
 }
