@@ -2,7 +2,8 @@
 
 sshd must accept the snippet and apply it to the tenants' group only (``sshd -T`` shows the
 effective settings per user); systemd must accept the unit; the PAM service's includes must
-exist on this (Debian) system.
+exist on this (Debian) system; ``vpsshell-admin install`` run as a real process must put all
+of it in place idempotently.
 """
 
 from __future__ import annotations
@@ -94,3 +95,32 @@ def test_pam_service_includes_exist() -> None:
     if not os.path.exists("/etc/pam.d/common-auth"):
         pytest.skip("not a Debian-style PAM layout")
     assert all(os.path.exists(f"/etc/pam.d/{name}") for name in includes)
+
+
+def test_install_puts_the_shipped_files_in_place(open_dir: Path) -> None:
+    root = open_dir / "root"
+
+    def install(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "vpsshell-admin"), "install", "--root", str(root), "--sshd", *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+
+    first = install()
+    assert "would" not in first.stdout
+    shipped = {
+        "etc/pam.d/vpsshell": "pam/vpsshell",
+        "etc/ssh/sshd_config.d/vpsshell.conf": "sshd/vpsshell.conf",
+        "usr/local/share/man/man8/vpsshelld.8": "man/vpsshelld.8",
+    }
+    for installed, source in shipped.items():
+        assert (root / installed).read_text() == (ROOT / source).read_text(), installed
+    first_line = (root / "usr/local/bin/vpsshell").read_text().splitlines()[0]
+    assert first_line.startswith(f"#!{BIN}/python") and first_line.endswith(" -I")
+    second = install()
+    lines = second.stdout.splitlines()
+    assert lines[-2] == "0 change(s) made"
+    verbs = {line.split()[0] for line in lines[:-2]}
+    assert "unchanged" in verbs and verbs <= {"unchanged", "skipped"}, second.stdout

@@ -1,137 +1,326 @@
-"""``vpsshell-admin``: command line of the administrator's tools.
+"""``vpsshell-admin``: command line of the administrator's tools; one place for exit statuses.
 
-Subcommands read the helper's config (``--config``) to find the policy directory and the admin
-socket. Policy checks work on the files directly; ``reload`` asks the running helper.
+Every subcommand reads the helper's config (``--config``, before or after the subcommand) to
+find the policy directory, the admin socket and the audit log. Policy commands work on the
+files directly (see policy_read.py, edit.py, grants.py) and ask the running helper to reload
+after a change; ``audit`` reads the log; ``install`` puts the system files in place. This
+module parses arguments and maps failures to exit statuses; it never prints a traceback for an
+expected failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
-from vpsshell import paths
+from vpsshell import __version__, paths
+from vpsshell.admin.context import AdminContext, AdminError, AdminExit
+from vpsshell.admin.identities import Identities
 
-if TYPE_CHECKING:
-    from vpsshell.daemon.config import DaemonConfig
-    from vpsshell.policy import Policy
+Handler = Callable[[AdminContext, argparse.Namespace, Identities], int]
+
+EPILOG = "See vpsshell-admin(8) and vpsshell-policy(5)."
 
 
-def _config(path: str) -> DaemonConfig:
+def _expires(value: str) -> str:
+    try:
+        _dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+    if len(value) != 10:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)")
+    return value
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return number
+
+
+def _policy_dir(ctx: AdminContext, args: argparse.Namespace) -> str:
+    return getattr(args, "policy_dir", None) or ctx.config.policy_dir
+
+
+# -- handlers: argument namespace -> the command modules -------------------------------------
+
+
+def _check(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.policy_read import cmd_check
+
+    return cmd_check(ctx, _policy_dir(ctx, args), args.strict, ids)
+
+
+def _explain(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.policy_read import cmd_explain
+
+    return cmd_explain(ctx, _policy_dir(ctx, args), args.user, args.action, args.domain, ids)
+
+
+def _who(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.policy_read import cmd_who
+
+    return cmd_who(ctx, _policy_dir(ctx, args), args.domain, args.json, ids)
+
+
+def _list(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.policy_read import cmd_list
+
+    return cmd_list(ctx, _policy_dir(ctx, args), args.user, args.json, ids)
+
+
+def _test(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.policy_read import cmd_test
+
+    return cmd_test(ctx, _policy_dir(ctx, args), args.file, args.verbose, ids)
+
+
+def _edit(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.edit import cmd_edit
+    from vpsshell.admin.policydir import DEFAULT_EDIT_FILE
+
+    return cmd_edit(ctx, args.file or DEFAULT_EDIT_FILE, ids)
+
+
+def _grant(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.grants import Request, cmd_grant
+
+    request = Request(args.subject, args.actions, tuple(args.domains))
+    return cmd_grant(ctx, request, args.expires, args.reason, args.confirm, args.dry_run, ids)
+
+
+def _revoke(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.grants import Request, cmd_revoke
+
+    request = Request(args.subject, args.actions, tuple(args.domains))
+    return cmd_revoke(ctx, request, args.dry_run, ids)
+
+
+def _audit(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.auditlog import cmd_audit
+
+    return cmd_audit(ctx, args.follow, args.user, args.domain, args.json, args.lines)
+
+
+def _reload(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.helper import cmd_reload
+
+    return cmd_reload(ctx)
+
+
+def _sessions(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.sessions import cmd_sessions
+
+    return cmd_sessions(ctx, args.json)
+
+
+def _kick(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.sessions import cmd_kick
+
+    return cmd_kick(ctx, args.id, args.user)
+
+
+def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.install import cmd_install
+
+    return cmd_install(ctx, args.config, args.root, args.prefix, args.dry_run, args.sshd)
+
+
+def _install_shell(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.launcher import install_launcher
+
+    install_launcher(args.path)
+    ctx.out(f"installed {args.path} (runs {sys.executable} -I)")
+    return AdminExit.OK
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also read by the test that checks the man page covers it)."""
+    # Accepting --config after a subcommand too: SUPPRESS keeps the top-level value unless the
+    # option is given again there.
+    late_config = argparse.ArgumentParser(add_help=False)
+    late_config.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    read_only = argparse.ArgumentParser(add_help=False)
+    read_only.add_argument(
+        "--policy-dir",
+        metavar="DIR",
+        help="read this policy directory instead of the config's (e.g. a checkout in CI)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="vpsshell-admin", description="vpsshell administration tools", epilog=EPILOG
+    )
+    parser.add_argument(
+        "--config",
+        default=paths.DAEMON_CONFIG,
+        metavar="FILE",
+        help=f"the helper's config, to find the policy, sockets and logs ({paths.DAEMON_CONFIG})",
+    )
+    parser.add_argument("--version", action="version", version=f"vpsshell-admin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        help_text: str,
+        handler: Handler | None,
+        parents: Sequence[argparse.ArgumentParser] = (),
+    ) -> argparse.ArgumentParser:
+        leaf = group.add_parser(
+            name, help=help_text, description=help_text, parents=[late_config, *parents]
+        )
+        if handler is not None:
+            leaf.set_defaults(handler=handler)
+        return leaf
+
+    policy = command(sub, "policy", "check, change and explain the policy", None)
+    psub = policy.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
+
+    check = command(psub, "check", "validate the policy directory", _check, [read_only])
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="also warn about rules that can never match and unused sets (warnings fail)",
+    )
+
+    edit = command(psub, "edit", "edit a policy file safely (like visudo)", _edit)
+    edit.add_argument("file", nargs="?", metavar="FILE", help="default: 50-local.policy")
+
+    grant = command(psub, "grant", "allow SUBJECT to do ACTIONS on DOMAINS", _grant)
+    grant.add_argument("subject", metavar="SUBJECT", help="user:NAME or group:NAME")
+    grant.add_argument("actions", metavar="ACTIONS", help="comma list of actions and @sets")
+    grant.add_argument("domains", nargs="+", metavar="DOMAINS", help="domains and @sets")
+    grant.add_argument("--expires", type=_expires, metavar="DATE", help="last day (YYYY-MM-DD)")
+    grant.add_argument("--reason", metavar="TEXT", help="a note kept with the rule")
+    grant.add_argument(
+        "--confirm", choices=["password"], help="ask for the tenant's password first"
+    )
+    grant.add_argument("--dry-run", action="store_true", help="show the change, do not make it")
+
+    revoke = command(psub, "revoke", "remove a grant made with grant", _revoke)
+    revoke.add_argument("subject", metavar="SUBJECT", help="user:NAME or group:NAME")
+    revoke.add_argument("actions", metavar="ACTIONS", help="comma list of actions, @sets or *")
+    revoke.add_argument("domains", nargs="+", metavar="DOMAINS", help="domains, @sets or *")
+    revoke.add_argument("--dry-run", action="store_true", help="show the change, do not make it")
+
+    explain = command(
+        psub, "explain", "why USER may or may not do ACTION on DOMAIN", _explain, [read_only]
+    )
+    explain.add_argument("user", metavar="USER")
+    explain.add_argument("action", metavar="ACTION")
+    explain.add_argument("domain", metavar="DOMAIN")
+
+    who = command(psub, "who", "who may do what on DOMAIN", _who, [read_only])
+    who.add_argument("domain", metavar="DOMAIN")
+    who.add_argument("--json", action="store_true", help="print JSON")
+
+    listing = command(psub, "list", "everything USER may do", _list, [read_only])
+    listing.add_argument("user", metavar="USER")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+
+    test = command(psub, "test", "check a file of allow/deny assertions", _test, [read_only])
+    test.add_argument("file", metavar="FILE")
+    test.add_argument("-v", "--verbose", action="store_true", help="also list passing lines")
+
+    audit = command(sub, "audit", "show the audit log", _audit)
+    audit.add_argument("--follow", "-f", action="store_true", help="keep showing new records")
+    audit.add_argument("--user", metavar="USER", help="only this user (name or uid)")
+    audit.add_argument("--domain", metavar="DOMAIN", help="only this domain")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit.add_argument("--lines", "-n", type=_count, metavar="N", help="only the last N records")
+
+    command(sub, "reload", "make the running helper reload the policy now", _reload)
+
+    sessions = command(sub, "sessions", "list console sessions in the running helper", _sessions)
+    sessions.add_argument("--json", action="store_true", help="print JSON")
+
+    kick = command(sub, "kick", "end console sessions (by ID, or all of a user's)", _kick)
+    kick.add_argument("id", nargs="?", type=int, metavar="ID", help="a session ID from sessions")
+    kick.add_argument("--user", metavar="USER", help="every console session of USER")
+
+    install = command(sub, "install", "install config, PAM, systemd, man pages, shell", _install)
+    install.add_argument("--root", default="/", metavar="DIR", help="install into DIR (default /)")
+    install.add_argument(
+        "--prefix", default="/usr/local", metavar="DIR", help="bin/, sbin/, share/man/ under DIR"
+    )
+    install.add_argument("--dry-run", action="store_true", help="only say what would change")
+    install.add_argument(
+        "--sshd", action="store_true", help="also install the sshd snippet into sshd_config.d"
+    )
+
+    shell = command(sub, "install-shell", "write the isolated login-shell launcher", _install_shell)
+    shell.add_argument("--path", default="/usr/local/bin/vpsshell", metavar="PATH")
+    return parser
+
+
+def _config(path: str, command: str) -> object:
     from vpsshell.daemon.config import DaemonConfig, load_config
 
+    if command in ("install", "install-shell"):
+        return DaemonConfig()  # install reads the config inside its root itself
     if path == paths.DAEMON_CONFIG and not os.path.exists(path):
         return DaemonConfig()
     return load_config(path)
 
 
-def _load_policy(config_path: str) -> Policy:
-    from vpsshell.policy import load_policy_dir
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+    now: _dt.datetime | None = None,
+    identities: Identities | None = None,
+) -> int:
+    """Parse ``argv``, run the command, return the exit status (the one place for errors)."""
+    from vpsshell.daemon.config import ConfigError, DaemonConfig
 
-    config = _config(config_path)
-    return load_policy_dir(config.policy_dir, trusted_uids=frozenset({0, os.geteuid()}))
-
-
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    policy = _load_policy(args.config)
-    for error in policy.errors:
-        print(error)
-    if policy.errors:
-        print(f"{len(policy.errors)} error(s): the helper denies everything until fixed")
-        return 1
-    print(f"OK: {len(policy.rules)} rule(s) in {len(policy.files)} file(s)")
-    return 0
-
-
-def cmd_policy_explain(args: argparse.Namespace) -> int:
-    import grp
-    import pwd
-
-    policy = _load_policy(args.config)
+    args = build_parser().parse_args(argv)
+    err = stderr or sys.stderr
     try:
-        entry = pwd.getpwnam(args.user)
-        groups = sorted(
-            {grp.getgrgid(g).gr_name for g in os.getgrouplist(entry.pw_name, entry.pw_gid)}
+        config = _config(args.config, args.command)
+        assert isinstance(config, DaemonConfig)
+        ctx = AdminContext(
+            config=config,
+            stdin=stdin or sys.stdin,
+            stdout=stdout or sys.stdout,
+            stderr=err,
+            environ=dict(os.environ if environ is None else environ),
+            now=now,
         )
-    except KeyError:
-        groups = []
-        print(f"note: {args.user} is not a known user; explaining with no groups")
-    decision = policy.decide(args.user, groups, args.action, args.domain)
-    verdict = "ALLOW" if decision.allowed else "DENY"
-    print(f"{verdict}: {args.user} {args.action} {args.domain}")
-    print(f"groups: {', '.join(groups) or '-'}")
-    if decision.reason and not decision.allowed:
-        print(f"reason: {decision.reason}")
-    if decision.confirm:
-        print(f"confirm: {decision.confirm}")
-    for rule in decision.matches:
-        marker = "*" if rule is decision.deciding else " "
-        print(f"{marker} {rule.location}: {rule.to_text()}")
-    if not decision.matches:
-        print("no rule matches (default deny)")
-    return 0 if decision.allowed else 1
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    from vpsshell.errors import VpsError
-    from vpsshell.shell.client import HelperClient
-
-    client = HelperClient(_config(args.config).admin_socket)
-    try:
-        result = client.call("reload", {})
-    except VpsError as exc:
-        print(f"vpsshell-admin: {exc.message}", file=sys.stderr)
-        return int(exc.exit_code)
-    finally:
-        client.close()
-    for error in result["errors"]:
-        print(error)
-    print(f"reloaded: {result['rules']} rule(s)" + (", BROKEN" if result["errors"] else ""))
-    return 1 if result["errors"] else 0
-
-
-def cmd_install_shell(args: argparse.Namespace) -> int:
-    from vpsshell.admin.launcher import install_launcher
-
-    install_launcher(args.path)
-    print(f"installed {args.path} (runs {sys.executable} -I)")
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vpsshell-admin", description="vpsshell admin tools")
-    parser.add_argument("--config", default=paths.DAEMON_CONFIG, help="helper config (TOML)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    policy = sub.add_parser("policy", help="check and explain the policy")
-    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
-    check = policy_sub.add_parser("check", help="validate the policy directory")
-    check.set_defaults(func=cmd_policy_check)
-    explain = policy_sub.add_parser("explain", help="why USER may or may not do ACTION")
-    explain.add_argument("user")
-    explain.add_argument("action")
-    explain.add_argument("domain")
-    explain.set_defaults(func=cmd_policy_explain)
-    reload = sub.add_parser("reload", help="make the running helper reload the policy")
-    reload.set_defaults(func=cmd_reload)
-    install = sub.add_parser("install-shell", help="write the isolated login-shell launcher")
-    install.add_argument("--path", default="/usr/local/bin/vpsshell")
-    install.set_defaults(func=cmd_install_shell)
-    return parser
+        return int(args.handler(ctx, args, identities or Identities()))
+    except AdminError as exc:
+        err.write(f"vpsshell-admin: {exc.message}\n")
+        return exc.exit_code
+    except ConfigError as exc:
+        err.write(f"vpsshell-admin: {exc}\n")
+        return AdminExit.USAGE
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        err.write(f"vpsshell-admin: {exc}\n")
+        return AdminExit.FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from vpsshell.daemon.config import ConfigError
-
     try:
-        return int(args.func(args))
-    except ConfigError as exc:
-        print(f"vpsshell-admin: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"vpsshell-admin: {exc}", file=sys.stderr)
-        return 1
+        return run(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`vpsshell-admin audit | head`); say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return AdminExit.OK
 
 
 if __name__ == "__main__":

@@ -1,0 +1,296 @@
+"""``vpsshell-admin install``: put vpsshell's system files in place, idempotently.
+
+Config-like files (the helper's config, the PAM service, the systemd unit, the sshd snippet)
+are written only if absent: an admin's edits are never overwritten, and a differing file is
+reported as kept. Files that are part of the program (man pages, the login-shell launcher, the
+``sbin`` links) are updated when they differ. ``--root`` installs into another tree (packaging,
+tests); ``--dry-run`` only says what would change. The shipped files come from the installed
+package's data (``share/vpsshell`` and ``share/man`` under the venv) or, when running from a
+source checkout, from the checkout. This module never edits sshd's own config: the snippet
+goes into ``sshd_config.d`` only with ``--sshd``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpsshell import paths
+from vpsshell.admin.context import AdminContext, AdminError, AdminExit
+from vpsshell.admin.launcher import launcher_text
+
+#: Shipped files: name in the source tree -> where pip puts it under sys.prefix.
+SHIPPED = {
+    "pam/vpsshell": "share/vpsshell/pam/vpsshell",
+    "systemd/vpsshelld.service": "share/vpsshell/systemd/vpsshelld.service",
+    "sshd/vpsshell.conf": "share/vpsshell/sshd/vpsshell.conf",
+    "man/vpsshell.1": "share/man/man1/vpsshell.1",
+    "man/vpsshell-policy.5": "share/man/man5/vpsshell-policy.5",
+    "man/vpsshelld.8": "share/man/man8/vpsshelld.8",
+    "man/vpsshell-admin.8": "share/man/man8/vpsshell-admin.8",
+}
+MAN_PAGES = [name for name in SHIPPED if name.startswith("man/")]
+#: The daemon path written in the shipped unit; replaced by PREFIX/sbin/vpsshelld.
+UNIT_EXEC = "/usr/local/sbin/vpsshelld"
+PAM_SERVICE = "/etc/pam.d/vpsshell"
+UNIT_FILE = "/etc/systemd/system/vpsshelld.service"
+SSHD_SNIPPET = "/etc/ssh/sshd_config.d/vpsshell.conf"
+AUTHORIZED_KEYS_DIR = "/etc/vpsshell/authorized_keys"
+SHELLS = "/etc/shells"
+LOCAL_POLICY = "50-local.policy"
+
+CONFIG_TEMPLATE = f"""\
+# vpsshelld configuration; see vpsshelld(8). Written by `vpsshell-admin install`.
+# Every key is optional: the values below are the defaults. Unknown keys are errors;
+# check with `vpsshelld --check-config`.
+socket = "{paths.SOCKET}"
+socket_group = "{paths.SOCKET_GROUP}"          # tenants' group; socket mode 0660
+admin_socket = "{paths.ADMIN_SOCKET}"
+policy_dir = "{paths.POLICY_DIR}"
+audit_log = "{paths.AUDIT_LOG}"
+state_dir = "{paths.STATE_DIR}"
+console_log_dir = "{paths.CONSOLE_LOG_DIR}"
+hooks_dir = "{paths.HOOKS_DIR}"
+policy_poll_seconds = 1.0
+
+[backend]
+type = "sim"                           # the simulated host (see vpsshelld(8) for others)
+
+# [[backend.domains]]                  # sim only: one table per simulated domain
+# name = "web1"
+# vcpus = 1
+# memory_mib = 512
+# boot_seconds = 2
+"""
+
+
+def source_root() -> Path:
+    """The source checkout this package runs from (only meaningful when it is one)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def shipped_file(name: str) -> Path | None:
+    """Where the shipped file ``name`` (e.g. ``pam/vpsshell``) is, or None if not shipped."""
+    for candidate in (Path(sys.prefix) / SHIPPED[name], source_root() / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+_PRESENT = {"created": "create", "updated": "update", "added": "add"}
+
+
+@dataclass
+class Installer:
+    ctx: AdminContext
+    root: str
+    dry_run: bool
+    changed: int = 0
+
+    def at(self, path: str) -> str:
+        """``path`` (absolute, as on the installed system) inside the install root."""
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def report(self, verb: str, path: str, detail: str = "") -> None:
+        if verb not in ("unchanged", "kept", "skipped"):
+            self.changed += 1
+            if self.dry_run:
+                verb = "would " + _PRESENT[verb]
+        suffix = f" ({detail})" if detail else ""
+        self.ctx.out(f"{verb:<14} {path}{suffix}")
+
+    def directory(self, path: str, mode: int) -> None:
+        target = self.at(path)
+        if os.path.isdir(target):
+            self.report("unchanged", path)
+            return
+        if not self.dry_run:
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            os.chmod(target, mode)
+        self.report("created", path)
+
+    def _write(self, target: str, content: bytes, mode: int) -> None:
+        directory = os.path.dirname(target)
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".vpsshell-install-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def file(self, path: str, content: bytes, mode: int, *, ours: bool, source: str = "") -> None:
+        """Write ``path``; a config-like file (``ours=False``) only if it does not exist."""
+        target = self.at(path)
+        try:
+            with open(target, "rb") as fh:
+                current: bytes | None = fh.read()
+        except FileNotFoundError:
+            current = None
+        if current == content:
+            if not self.dry_run and ours and (os.stat(target).st_mode & 0o7777) != mode:
+                os.chmod(target, mode)
+            self.report("unchanged", path)
+            return
+        if current is not None and not ours:
+            self.report("kept", path, f"yours differs from the shipped {source or 'default'}")
+            return
+        if not self.dry_run:
+            self._write(target, content, mode)
+        self.report("created" if current is None else "updated", path)
+
+    def symlink(self, path: str, points_to: str) -> None:
+        target = self.at(path)
+        if os.path.islink(target) and os.readlink(target) == points_to:
+            self.report("unchanged", path)
+            return
+        if os.path.lexists(target) and not os.path.islink(target):
+            self.report("kept", path, "not a symbolic link; left alone")
+            return
+        existed = os.path.lexists(target)
+        if not self.dry_run:
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            tmp = f"{target}.vpsshell-install"
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+            os.symlink(points_to, tmp)
+            os.replace(tmp, target)
+        self.report("updated" if existed else "created", path, f"-> {points_to}")
+
+    def line(self, path: str, line: str) -> None:
+        target = self.at(path)
+        try:
+            with open(target, encoding="utf-8") as fh:
+                text = fh.read()
+        except FileNotFoundError:
+            text = ""
+        if line in text.splitlines():
+            self.report("unchanged", path, line)
+            return
+        if not self.dry_run:
+            prefix = "" if text.endswith("\n") or not text else "\n"
+            with open(target, "a", encoding="utf-8") as fh:
+                fh.write(f"{prefix}{line}\n")
+            if not text:
+                os.chmod(target, 0o644)
+        self.report("added", path, line)
+
+    def group(self, name: str) -> None:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            pass
+        else:
+            self.report("unchanged", f"group {name}")
+            return
+        if self.root != "/":
+            self.report("skipped", f"group {name}", "not created outside the real root")
+            return
+        if not self.dry_run:
+            done = subprocess.run(
+                ["/usr/sbin/groupadd", "--system", name], capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise AdminError(f"groupadd {name} failed: {done.stderr.strip()}")
+        self.report("created", f"group {name}")
+
+
+def _shipped_bytes(name: str) -> bytes | None:
+    path = shipped_file(name)
+    return path.read_bytes() if path is not None else None
+
+
+def _config_for(installer: Installer, config_path: str) -> tuple[str, str, str]:
+    """(policy_dir, hooks_dir, socket_group) from the config in the root, else the defaults."""
+    from vpsshell.daemon.config import ConfigError, DaemonConfig, load_config
+
+    target = installer.at(config_path)
+    config = DaemonConfig()
+    if os.path.exists(target):
+        try:
+            config = load_config(target)
+        except ConfigError as exc:
+            raise AdminError(f"cannot use the existing config: {exc}") from None
+    return config.policy_dir, config.hooks_dir, config.socket_group
+
+
+def cmd_install(
+    ctx: AdminContext,
+    config_path: str,
+    root: str,
+    prefix: str,
+    dry_run: bool,
+    sshd: bool,
+) -> int:
+    if not os.path.isabs(root) or not os.path.isabs(prefix):
+        raise AdminError("--root and --prefix must be absolute paths", AdminExit.USAGE)
+    installer = Installer(ctx, os.path.normpath(root), dry_run)
+    shell_path = os.path.join(prefix, "bin", "vpsshell")
+    scripts = sysconfig.get_path("scripts")
+
+    installer.directory(os.path.dirname(config_path), 0o755)
+    installer.file(config_path, CONFIG_TEMPLATE.encode(), 0o644, ours=False)
+    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
+    installer.directory(policy_dir, 0o755)
+    installer.directory(hooks_dir, 0o755)
+    installer.directory(AUTHORIZED_KEYS_DIR, 0o755)
+    existing = (
+        os.listdir(installer.at(policy_dir)) if os.path.isdir(installer.at(policy_dir)) else []
+    )
+    if not any(name.endswith(".policy") for name in existing):
+        from vpsshell.admin.edit import NEW_FILE_TEMPLATE
+
+        installer.file(
+            os.path.join(policy_dir, LOCAL_POLICY), NEW_FILE_TEMPLATE.encode(), 0o644, ours=False
+        )
+
+    pam = _shipped_bytes("pam/vpsshell")
+    unit = _shipped_bytes("systemd/vpsshelld.service")
+    snippet = _shipped_bytes("sshd/vpsshell.conf")
+    if pam is None or unit is None or snippet is None:
+        raise AdminError("the shipped files (pam/, systemd/, sshd/) are missing from this install")
+    installer.file(PAM_SERVICE, pam, 0o644, ours=False, source="pam/vpsshell")
+    unit = unit.replace(UNIT_EXEC.encode(), os.path.join(prefix, "sbin", "vpsshelld").encode())
+    installer.file(UNIT_FILE, unit, 0o644, ours=False, source="systemd/vpsshelld.service")
+    if sshd:
+        snippet = snippet.replace(
+            f"Match Group {paths.SOCKET_GROUP}\n".encode(), f"Match Group {socket_group}\n".encode()
+        )
+        installer.file(SSHD_SNIPPET, snippet, 0o644, ours=False, source="sshd/vpsshell.conf")
+    else:
+        installer.report("skipped", SSHD_SNIPPET, "add --sshd to install it")
+
+    for name in MAN_PAGES:
+        page = _shipped_bytes(name)
+        section = name.rsplit(".", 1)[1]
+        path = os.path.join(prefix, "share", "man", f"man{section}", os.path.basename(name))
+        if page is None:
+            installer.report("skipped", path, "not shipped with this version")
+        else:
+            installer.file(path, page, 0o644, ours=True)
+
+    installer.file(shell_path, launcher_text().encode(), 0o755, ours=True)
+    for program in ("vpsshelld", "vpsshell-admin"):
+        installer.symlink(os.path.join(prefix, "sbin", program), os.path.join(scripts, program))
+    installer.line(SHELLS, shell_path)
+    installer.group(socket_group)
+
+    if dry_run:
+        ctx.out(f"dry run: {installer.changed} change(s) would be made")
+    else:
+        ctx.out(f"{installer.changed} change(s) made")
+        ctx.out(
+            "next: systemctl daemon-reload && systemctl enable --now vpsshelld; give each "
+            f"tenant the login shell {shell_path} and the group {socket_group}"
+        )
+    return AdminExit.OK
