@@ -154,6 +154,7 @@ def test_explain_names_the_deciding_rule_and_groups(site: Site) -> None:
     assert "  10-tenants.policy:3: allow group:acme" in denied.out
     unknown = admin(site, "policy", "explain", "zed", "status", "db1")
     assert unknown.code == 1 and "zed is not a known user" in unknown.err
+    assert admin(site, "policy", "explain", "alice", "fly", "web1").code == 2
 
 
 def test_who_and_list(site: Site) -> None:

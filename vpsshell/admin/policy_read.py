@@ -15,7 +15,7 @@ from vpsshell.admin.assertions import describe_failure, evaluate, parse_assertio
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
 from vpsshell.admin.policydir import read_texts
-from vpsshell.policy import Decision, Policy, PolicyError, load_policy_dir
+from vpsshell.policy import ACTIONS, Decision, Policy, PolicyError, load_policy_dir
 from vpsshell.policy.model import SUBJECT_NAME_RE, is_domain_name
 
 
@@ -85,6 +85,10 @@ def cmd_explain(
 ) -> int:
     _check_user(user)
     _check_domain(domain)
+    if action not in ACTIONS:
+        raise AdminError(
+            f"unknown action {action!r} (one of: {' '.join(ACTIONS)})", AdminExit.USAGE
+        )
     policy = load(ctx, policy_dir)
     principal, _ = _user_principal(ctx, user, identities)
     decision = policy.decide(user, principal.groups, action, domain, ctx.clock())
