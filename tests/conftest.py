@@ -22,6 +22,9 @@ def tenants() -> Iterator[None]:
     if not is_root():
         pytest.skip("needs root to create OS users (run the suite as root)")
     ensure_users()
+    pam_file = Path("/etc/pam.d/vpsshell")
+    if not pam_file.exists():  # the helper's PAM service, as `vpsshell-admin install` sets up
+        shutil.copy(Path(__file__).parent.parent / "pam" / "vpsshell", pam_file)
     yield
     if not os.environ.get("VPSSHELL_KEEP_USERS"):
         remove_users()

@@ -45,6 +45,7 @@ def _write_files(root: str, user: str) -> str:
             f'state_dir = "{root}/state"\n'
             f'console_log_dir = "{root}/console"\n'
             f'hooks_dir = "{root}/hooks.d"\n'
+            'pam_service = ""\n'  # an unprivileged helper cannot check other accounts
             '\n[backend]\ntype = "sim"\nhost = "demo"\n'
         )
         for name, vcpus, memory, boot in DOMAINS:

@@ -57,8 +57,15 @@ class Denied(VpsError):
     exit_code = ExitCode.DENIED
 
 
+class ConfirmRequired(Denied):
+    """The policy wants the tenant's password before this action; the shell may ask and retry."""
+
+    kind = "confirm"
+
+
 ERROR_KINDS: dict[str, type[VpsError]] = {
-    cls.kind: cls for cls in (ActionFailed, UsageError, Unavailable, TemporaryFailure, Denied)
+    cls.kind: cls
+    for cls in (ActionFailed, UsageError, Unavailable, TemporaryFailure, Denied, ConfirmRequired)
 }
 
 

@@ -25,6 +25,7 @@ from vpsshell.daemon.peer import Caller, resolve_caller
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.server import SESSION_KEY
 from vpsshell.errors import (
+    ConfirmRequired,
     Denied,
     TemporaryFailure,
     UsageError,
@@ -53,6 +54,7 @@ class Request(NamedTuple):
     args: dict[str, Any]
     progress: Progress
     audit: dict[str, Any]  # handlers may add fields to this request's audit line
+    password: str | None  # only for confirm=password; never logged, never stored
 
 
 class Target(NamedTuple):
@@ -151,8 +153,11 @@ class TenantApi:
         audit: AuditLog,
         limits: Limits,
         consoles: ConsoleManager,
+        pam_service: str = "",
     ) -> None:
         self.consoles = consoles
+        self.pam_service = pam_service
+        self._password_failures: dict[int, tuple[int, float]] = {}
         self.backend = backend
         self.policy = policy
         self.audit = audit
@@ -250,12 +255,29 @@ class TenantApi:
                 raise UsageError("invalid domain name")
             domain = untrusted_domain
             audit["domain"] = domain
+        untrusted_args = dict(untrusted_args)
+        untrusted_password = untrusted_args.pop("password", None)
+        if untrusted_password is not None and (
+            not isinstance(untrusted_password, str)
+            or len(untrusted_password) > 512
+            or "\0" in untrusted_password
+        ):
+            raise UsageError("password: expected a string")
         args = operation.sanitize_args(untrusted_args, self.limits)
 
         async def send_progress(text: str) -> None:
             await progress(protocol.progress(request_id, text))
 
-        request = Request(request_id, operation.name, caller, domain, args, send_progress, audit)
+        request = Request(
+            request_id,
+            operation.name,
+            caller,
+            domain,
+            args,
+            send_progress,
+            audit,
+            untrusted_password,
+        )
         return request, operation
 
     async def _authorize(
@@ -271,12 +293,7 @@ class TenantApi:
             audit["reason"] = decision.reason
             raise not_found_or_denied(request.domain)
         if decision.confirm:
-            audit["decision"] = "deny"
-            audit["reason"] = f"confirm={decision.confirm} is not supported by this helper"
-            raise Denied(
-                f"{request.domain}: this action needs {decision.confirm} confirmation,"
-                " which this helper cannot ask for"
-            )
+            await self._confirm(request, operation, audit)
         info = await self.backend.lookup(request.domain)
         if info is None or info.name != request.domain:
             audit["decision"] = "deny"
@@ -285,6 +302,48 @@ class TenantApi:
         audit["decision"] = "allow"
         audit["uuid"] = info.uuid
         return Target(info, audit["rule"])
+
+    async def _confirm(self, request: Request, operation: Operation, audit: dict[str, Any]) -> None:
+        """``confirm=password``: the tenant's password, checked by PAM, with a lockout."""
+        caller = request.caller
+        audit["confirm"] = "password"
+        if not self.pam_service:
+            audit["decision"] = "deny"
+            audit["reason"] = "confirm=password but PAM is off (pam_service)"
+            raise Denied(f"{request.domain}: this action needs a password, which is not set up")
+        failures, locked_until = self._password_failures.get(caller.uid, (0, 0.0))
+        now = time.monotonic()
+        if locked_until > now:
+            audit["decision"] = "deny"
+            audit["reason"] = "password lockout"
+            raise TemporaryFailure(
+                f"too many wrong passwords; try again in {int(locked_until - now) + 1} s"
+            )
+        if request.password is None:
+            audit["decision"] = "confirm"
+            raise ConfirmRequired(f"{operation.action} {request.domain} needs your password")
+        from vpsshell.daemon.pam_service import password_refusal
+
+        refusal = await asyncio.wait_for(
+            asyncio.to_thread(password_refusal, caller.user, request.password, self.pam_service),
+            timeout=30,
+        )
+        if refusal is not None:
+            failures += 1
+            lock = now + self.limits.password_lockout_seconds
+            self._password_failures[caller.uid] = (
+                (0, lock) if failures >= self.limits.password_attempts else (failures, 0.0)
+            )
+            audit["decision"] = "deny"
+            audit["reason"] = f"password not accepted: {refusal}"
+            if failures >= self.limits.password_attempts:
+                raise TemporaryFailure(
+                    "too many wrong passwords; try again in "
+                    f"{int(self.limits.password_lockout_seconds)} s"
+                )
+            raise ConfirmRequired("password not accepted")
+        self._password_failures.pop(caller.uid, None)
+        audit["confirmed"] = True
 
     def decide(self, caller: Caller, action: str, domain: str) -> Decision:
         """The policy's decision; who may use a console may also watch it, unless denied."""

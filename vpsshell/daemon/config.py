@@ -29,6 +29,8 @@ class Limits:
     shutdown_wait_default_seconds: int = 60
     shutdown_wait_max_seconds: int = 600
     idle_timeout_seconds: float = 3600.0  # a connection with no request for this long is closed
+    password_attempts: int = 3  # confirm=password failures before a lockout
+    password_lockout_seconds: float = 60.0
     console_ring_bytes: int = 64 * 1024  # scrollback kept per domain, for replay on attach
     console_replay_default_bytes: int = 16 * 1024
     console_log_bytes: int = 1024 * 1024  # per file; then rotated
@@ -47,6 +49,7 @@ class DaemonConfig:
     console_log_dir: str = paths.CONSOLE_LOG_DIR
     hooks_dir: str = paths.HOOKS_DIR
     policy_poll_seconds: float = 1.0
+    pam_service: str = "vpsshell"  # "" turns PAM off (the unprivileged demo does)
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
@@ -89,7 +92,7 @@ def _limits(table: dict[str, Any]) -> Limits:
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig:
-    known = set(_PATH_KEYS) | {"backend", "limits", "policy_poll_seconds"}
+    known = set(_PATH_KEYS) | {"backend", "limits", "policy_poll_seconds", "pam_service"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown key(s): {', '.join(sorted(unknown))}")
@@ -102,6 +105,11 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
             if key != "socket_group" and not value.startswith("/"):
                 raise ConfigError(f"{source}: {key}: expected an absolute path, got {value!r}")
             values[key] = value
+    if "pam_service" in data:
+        service = data["pam_service"]
+        if not isinstance(service, str) or not all(c.isalnum() or c in "_.-" for c in service):
+            raise ConfigError(f'{source}: pam_service: expected a PAM service name or ""')
+        values["pam_service"] = service
     limits = data.get("limits", {})
     backend = data.get("backend", {"type": "sim"})
     if not isinstance(limits, dict):

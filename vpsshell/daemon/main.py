@@ -76,6 +76,7 @@ async def _serve(config: DaemonConfig) -> int:
     from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.consoles import Attachment, ConsoleManager
+    from vpsshell.daemon.peer import Caller
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener, bind_socket
 
@@ -121,7 +122,21 @@ async def _serve(config: DaemonConfig) -> int:
         consoles.revoke(tenant_api.still_attached_allowed)
 
     policy = PolicyState(config.policy_dir)
-    tenant_api = TenantApi(backend, policy, audit, limits, consoles)
+    tenant_api = TenantApi(backend, policy, audit, limits, consoles, config.pam_service)
+
+    async def admit(caller: Caller) -> str | None:
+        if not config.pam_service:
+            return None
+        from vpsshell.daemon.pam_service import account_refusal
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(account_refusal, caller.user, config.pam_service), timeout=30
+            )
+        except Exception as exc:  # PAM missing or hung: fail closed
+            log.error("PAM account check for %s failed: %r", caller.user, exc)
+            return "the account check failed"
+
     policy.on_reload = on_reload
     policy.reload()
     await consoles.start_all()
@@ -132,6 +147,7 @@ async def _serve(config: DaemonConfig) -> int:
         tenant_api.handle,
         config.limits,
         audit,
+        admit=admit,
     )
     admin = Listener(
         "admin",

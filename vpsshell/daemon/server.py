@@ -97,7 +97,9 @@ class Listener:
         limits: Limits,
         audit: AuditLog,
         allowed_uids: frozenset[int] | None = None,
+        admit: Callable[[Caller], Awaitable[str | None]] | None = None,
     ) -> None:
+        self.admit = admit  # a check of each new caller (PAM account management)
         self.name = name
         self.sock = sock
         self.path = sock.getsockname()
@@ -183,6 +185,26 @@ class Listener:
                 ),
             )
             return
+        if self.admit is not None:
+            refusal = await self.admit(caller)
+            if refusal is not None:
+                self.audit.write(
+                    socket=self.name,
+                    uid=uid,
+                    user=caller.user,
+                    pid=pid,
+                    action="connect",
+                    decision="deny",
+                    result="denied",
+                    message=f"account refused: {refusal}",
+                )
+                await self._send(
+                    writer,
+                    protocol.reply_error(
+                        None, "denied", "your account may not use vpsshell (ask your provider)"
+                    ),
+                )
+                return
         self.connections[uid] += 1
         try:
             await self._request_loop(caller, reader, writer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vpsshell.errors import ExitCode, VpsError
+from vpsshell.errors import ConfirmRequired, ExitCode, VpsError
 from vpsshell.shell import render
 from vpsshell.shell.commands import HANDLERS, VERBS
 from vpsshell.shell.environment import Environment
@@ -27,9 +27,28 @@ class Session:
         self.client = HelperClient(socket_path)
 
     def call(self, op: str, args: dict[str, Any], *, timeout: float = 90.0) -> Any:
-        return self.client.call(
-            op, args, timeout=timeout, on_progress=lambda text: render.show_progress(text, self.env)
-        )
+        def progress(text: str) -> None:
+            render.show_progress(text, self.env)
+
+        try:
+            return self.client.call(op, args, timeout=timeout, on_progress=progress)
+        except ConfirmRequired as exc:
+            # confirm=password in the policy: ask (no echo) and retry; the helper counts failures
+            if not self.env.stdin_isatty:
+                raise ConfirmRequired(f"{exc.message} (run it on a terminal: ssh -t)") from None
+            import getpass
+
+            while True:
+                try:
+                    password = getpass.getpass(f"{exc.message}. Password: ")
+                except (EOFError, KeyboardInterrupt):
+                    raise ConfirmRequired("cancelled") from None
+                try:
+                    return self.client.call(
+                        op, {**args, "password": password}, timeout=timeout, on_progress=progress
+                    )
+                except ConfirmRequired as again:
+                    exc = again
 
     def attach_console(self, op: str, args: dict[str, Any], mode: str) -> ExitCode:
         """Turn this terminal into the domain's console until detach; returns the exit code."""
