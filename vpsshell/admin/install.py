@@ -58,6 +58,7 @@ state_dir = "{paths.STATE_DIR}"
 console_log_dir = "{paths.CONSOLE_LOG_DIR}"
 hooks_dir = "{paths.HOOKS_DIR}"
 policy_poll_seconds = 1.0
+pam_service = "vpsshell"               # account checks and confirm=password; "" turns PAM off
 
 [backend]
 type = "sim"                           # the simulated host (see vpsshelld(8) for others)
