@@ -18,6 +18,7 @@ class Environment(NamedTuple):
     stdout_isatty: bool
     stderr_isatty: bool
     colour: bool
+    dumb_terminal: bool = False  # TERM is unset, empty or "dumb": no line editor, no spinner
 
     @classmethod
     def from_process(cls) -> Environment:
@@ -32,4 +33,5 @@ class Environment(NamedTuple):
             stdout_isatty=stdout_isatty,
             stderr_isatty=sys.stderr.isatty(),
             colour=stdout_isatty and not no_color and not dumb,
+            dumb_terminal=dumb,
         )

@@ -3,12 +3,23 @@
 Every string that came from outside (domain names, hosts, helper messages) goes through
 ``inert()`` first, so nothing a backend or another tenant controls can reach the terminal as
 an escape sequence, a bidi override or markup. JSON output escapes everything non-ASCII.
+
+On a colour terminal (``env.colour``: a TTY, ``TERM`` not dumb, ``NO_COLOR`` unset) tables are
+drawn with rich, states coloured; rich is imported only then, and is given ``Text`` objects
+built from inert strings with markup, emoji codes and highlighting off, so no outside text is
+ever interpreted. Everywhere else the output is plain text.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import threading
+    from types import TracebackType
+
+    from rich.console import Console
 
 from vpsshell.shell.commands import Output
 from vpsshell.shell.environment import Environment
@@ -38,6 +49,16 @@ def format_uptime(seconds: int | None) -> str:
 
 
 DOMAIN_COLUMNS = ("NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "HOST")
+
+# colour of each domain state on a colour terminal (rich names; the toolbar maps them too)
+STATE_COLOURS = {
+    "running": "green",
+    "shutoff": "bright_black",
+    "crashed": "red",
+    "paused": "yellow",
+    "starting": "cyan",
+    "shutting-down": "cyan",
+}
 
 
 def domain_row(domain: dict[str, Any]) -> tuple[str, ...]:
@@ -82,9 +103,14 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
     if kind == "domains":
         if not data:
             env.stdout.write("no domains\n")
-            return
-        _table(env, DOMAIN_COLUMNS, [domain_row(d) for d in data])
+        elif env.colour:
+            _rich_domains(env, data)
+        else:
+            _table(env, DOMAIN_COLUMNS, [domain_row(d) for d in data])
     elif kind == "status":
+        if env.colour:
+            _rich_status(env, data)
+            return
         for key, value in _status_lines(data):
             env.stdout.write(f"{key + ':':<8} {value}\n")
     elif kind == "action":
@@ -117,3 +143,165 @@ def show_progress(message: str, env: Environment) -> None:
     if env.stderr_isatty:
         env.stderr.write(f"{inert(message)}\n")
         env.stderr.flush()
+
+
+# -- colour terminal (rich) -----------------------------------------------------------------
+
+
+def _console(env: Environment) -> Console:
+    from rich.console import Console
+
+    return Console(
+        file=env.stdout,
+        force_terminal=True,
+        color_system="standard",
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
+
+
+def _state_text(state: str) -> Any:
+    from rich.text import Text
+
+    return Text(state, style=f"bold {STATE_COLOURS[state]}" if state in STATE_COLOURS else "")
+
+
+def _rich_domains(env: Environment, domains: list[dict[str, Any]]) -> None:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    rows = [domain_row(domain) for domain in domains]
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for index, column in enumerate(DOMAIN_COLUMNS):
+        if column in ("NAME", "HOST"):  # long names wrap; the short columns never shrink
+            table.add_column(column, overflow="fold")
+        else:
+            width = max(len(row[index]) for row in [DOMAIN_COLUMNS, *rows])
+            table.add_column(
+                column,
+                no_wrap=True,
+                min_width=width,
+                justify="right" if column == "MEMORY" else "left",
+            )
+    for cells in rows:
+        table.add_row(Text(cells[0], style="bold"), _state_text(cells[1]), *map(Text, cells[2:]))
+    _console(env).print(table)
+
+
+def _rich_status(env: Environment, domain: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for key, value in _status_lines(domain):
+        grid.add_row(Text(key), _state_text(value) if key == "state" else Text(value))
+    _console(env).print(grid)
+
+
+# -- login greeting -------------------------------------------------------------------------
+
+MOTD_MAX_DOMAINS = 8
+
+
+def show_banner(text: str, env: Environment) -> None:
+    """The admin's banner, each line inert (the admin's file is not a terminal program)."""
+    for line in text.splitlines():
+        env.stdout.write(f"{inert(line)}\n")
+    env.stdout.flush()
+
+
+def show_motd(domains: list[dict[str, Any]], env: Environment) -> None:
+    """One line: the caller's domains and their states."""
+    if not domains:
+        env.stdout.write("You have no domains here.\n")
+        return
+    shown = domains[:MOTD_MAX_DOMAINS]
+    more = len(domains) - len(shown)
+    if env.colour:
+        from rich.text import Text
+
+        line = Text("Your domains: ")
+        for index, domain in enumerate(shown):
+            if index:
+                line.append(", ")
+            line.append(inert(domain.get("name", "?")), style="bold")
+            line.append(" ")
+            line.append_text(_state_text(inert(domain.get("state", "?"))))
+        if more:
+            line.append(f", and {more} more ('list' shows all)")
+        _console(env).print(line)
+        return
+    parts = [f"{inert(d.get('name', '?'))} {inert(d.get('state', '?'))}" for d in shown]
+    if more:
+        parts.append(f"and {more} more ('list' shows all)")
+    env.stdout.write(f"Your domains: {', '.join(parts)}\n")
+
+
+# -- a request under way ----------------------------------------------------------------------
+
+SPINNER_DELAY_SECONDS = 0.3
+SPINNER_FRAMES = "|/-\\"
+
+
+class Progress:
+    """Shows that a request is under way, and the helper's progress messages.
+
+    With ``spinner`` (an interactive terminal) a spinner line appears on stderr once the
+    request has taken ``SPINNER_DELAY_SECONDS``, shows the latest progress message, and is
+    erased when the request ends. Without it each progress message is one line on stderr,
+    when stderr is a terminal, as for ``vpsshell -c``.
+    """
+
+    def __init__(self, env: Environment, label: str, *, spinner: bool) -> None:
+        self.env = env
+        self.text = inert(label)
+        self.spinner = spinner
+        self._thread: threading.Thread | None = None
+        self._drawn = False
+
+    def update(self, message: str) -> None:
+        self.text = inert(message)
+        if not self.spinner:
+            show_progress(message, self.env)
+
+    def _spin(self) -> None:
+        import shutil
+
+        if self._stop.wait(SPINNER_DELAY_SECONDS):
+            return
+        frame = 0
+        while True:
+            width = shutil.get_terminal_size().columns
+            line = f"{SPINNER_FRAMES[frame % len(SPINNER_FRAMES)]} {self.text}"[: width - 1]
+            self.env.stderr.write(f"\r{line}\x1b[K")
+            self.env.stderr.flush()
+            self._drawn = True
+            frame += 1
+            if self._stop.wait(0.1):
+                return
+
+    def __enter__(self) -> Progress:
+        if self.spinner:
+            import threading  # not at module level: ``vpsshell -c`` never spins
+
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._spin, name="vpsshell-spinner", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            if self._drawn:
+                self.env.stderr.write("\r\x1b[K")
+                self.env.stderr.flush()
