@@ -246,3 +246,19 @@ def test_dumb_terminal_gets_plain_lines(helper: Helper, terminal: Terminal) -> N
     assert commands_sent(helper) == [("status", "web1"), ("start", "web1"), ("status", "web1")]
     shell.keys("C-d")
     assert shell.exit_status() == 0
+
+
+def test_console_from_the_prompt_and_back(helper: Helper, terminal: Terminal) -> None:
+    shell = terminal()
+    shell.run("use web1", "vpst-alice@vpsshell:web1> ")
+    shell.run("start", "web1: starting")
+    shell.wait_for_toolbar("web1  running")
+    shell.run("console", "Press Ctrl-] to detach")
+    shell.keys("Enter")
+    shell.wait_for("web1 login:")
+    shell.raw(b"\x1d")
+    shell.wait_for("[vpsshell: detached]")
+    shell.wait_for_toolbar("web1  running")  # the line editor is back, toolbar and all
+    shell.run("whoami", "groups:")
+    sent = commands_sent(helper)
+    assert ("console", "web1") in sent and sent[-1] == ("whoami", None)
