@@ -75,6 +75,9 @@ def run_line(session: Session, line: str) -> tuple[ExitCode, bool]:
     except KeyboardInterrupt:
         render.show_error(INTERRUPTED, session.env)
         return ExitCode.TEMPORARY, False
+    except Exception as exc:  # a login shell reports a bug and keeps going; no traceback
+        render.show_error(f"internal error: {type(exc).__name__}: {exc}", session.env)
+        return ExitCode.FAILED, False
     finally:
         # one connection per command: nothing is held open (or goes stale) at an idle prompt,
         # and an interrupted request's late reply can never be read as the next one's
