@@ -274,3 +274,22 @@ def copy_tree_readable(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
     for path in [dst, *dst.rglob("*")]:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
+
+
+def python_as(user: str, script: str, *args: str) -> list[str]:
+    """argv running ``script`` with the test venv's Python (isolated) as ``user``: a
+    hand-written client, for what the shell itself would never send."""
+    return ["runuser", "-u", user, "--", str(BIN / "python"), "-I", "-c", script, *args]
+
+
+def state_of(helper: Helper, user: str, domain: str) -> str:
+    result = run(user, helper, f"status {domain} --json")
+    assert result.code == 0, result
+    return str(result.json()["state"])
+
+
+def start_and_wait(helper: Helper, user: str, domain: str) -> None:
+    """``start DOMAIN`` as ``user``, then wait until it is running."""
+    started = run(user, helper, f"start {domain}")
+    assert started.code == 0, started
+    wait_until(lambda: state_of(helper, user, domain) == "running", 10, f"{domain} running")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from harness import BIN, Helper, run, wait_until
+from harness import BIN, Helper, python_as, run, start_and_wait, wait_until
 
 PROMPT = r"root@web1:~\$ "
 
@@ -53,12 +53,7 @@ def finish(session: pexpect.spawn) -> int:
 
 @pytest.fixture
 def running(helper: Helper) -> Iterator[Helper]:
-    assert run("vpst-alice", helper, "start web1").code == 0
-    wait_until(
-        lambda: run("vpst-alice", helper, "status web1 --json").json()["state"] == "running",
-        10,
-        "web1 running",
-    )
+    start_and_wait(helper, "vpst-alice", "web1")
     yield helper
 
 
@@ -207,14 +202,8 @@ def test_a_stalled_watcher_does_not_slow_the_writer(open_dir: Path, tenants: Non
             "web1 running",
         )
         stalled = subprocess.Popen(  # attaches as a watcher and never reads a byte
-            [
-                "runuser",
-                "-u",
+            python_as(
                 "vpst-alice",
-                "--",
-                str(BIN / "python"),
-                "-I",
-                "-c",
                 "import socket, sys, time\n"
                 "from vpsshell import protocol\n"
                 "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
@@ -222,7 +211,7 @@ def test_a_stalled_watcher_does_not_slow_the_writer(open_dir: Path, tenants: Non
                 "s.sendall(protocol.encode_message(request))\n"
                 "time.sleep(120)\n",
                 str(helper.socket),
-            ],
+            )
         )
         wait_until(
             lambda: any(line.get("action") == "watch" for line in helper.audit()),

@@ -5,11 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from harness import BIN, Helper, run, wait_until
-
-
-def state_of(helper: Helper, domain: str) -> str:
-    return str(run("vpst-alice", helper, f"status {domain} --json").json()["state"])
+from harness import BIN, Helper, python_as, run, state_of, wait_until
 
 
 def test_check_config_accepts_good_and_names_bad_keys(open_dir: Path, tenants: None) -> None:
@@ -42,7 +38,7 @@ def test_check_config_reports_a_broken_policy(open_dir: Path, tenants: None) -> 
 
 def test_sigterm_stops_cleanly_and_state_survives_a_restart(helper: Helper) -> None:
     assert run("vpst-alice", helper, "start web1").code == 0
-    wait_until(lambda: state_of(helper, "web1") == "running", 10, "web1 running")
+    wait_until(lambda: state_of(helper, "vpst-alice", "web1") == "running", 10, "web1 running")
     before = run("vpst-alice", helper, "status web1 --json").json()
     assert helper.stop() == 0
     assert not helper.socket.exists() and not helper.admin_socket.exists()
@@ -65,11 +61,13 @@ def test_a_second_helper_on_the_same_socket_refuses_to_start(helper: Helper) -> 
 
 def test_injected_crash_shows_as_crashed_and_reset_recovers(helper: Helper) -> None:
     run("vpst-alice", helper, "start web1")
-    wait_until(lambda: state_of(helper, "web1") == "running", 10, "web1 running")
+    wait_until(lambda: state_of(helper, "vpst-alice", "web1") == "running", 10, "web1 running")
     helper.admin("crash", domain="web1")
-    assert state_of(helper, "web1") == "crashed"
+    assert state_of(helper, "vpst-alice", "web1") == "crashed"
     assert run("vpst-alice", helper, "reset web1").code == 0
-    wait_until(lambda: state_of(helper, "web1") == "running", 10, "web1 running again")
+    wait_until(
+        lambda: state_of(helper, "vpst-alice", "web1") == "running", 10, "web1 running again"
+    )
 
 
 def test_admin_socket_refuses_tenants(helper: Helper) -> None:
@@ -79,17 +77,7 @@ def test_admin_socket_refuses_tenants(helper: Helper) -> None:
         "try:\n    s.connect(sys.argv[1])\nexcept OSError as e:\n    print('refused', e.errno)\n"
     )
     result = subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "vpst-alice",
-            "--",
-            str(BIN / "python"),
-            "-I",
-            "-c",
-            probe,
-            str(helper.admin_socket),
-        ],
+        python_as("vpst-alice", probe, str(helper.admin_socket)),
         capture_output=True,
         text=True,
     )

@@ -7,7 +7,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from harness import BIN, Helper, run, wait_until
+from harness import Helper, python_as, run, wait_until
 
 from vpsshell import protocol
 
@@ -73,17 +73,7 @@ def test_disconnect_mid_request(helper: Helper) -> None:
         "protocol.request(1, 'shutdown', {'domain': 'web2', 'wait': 30}))); s.close()"
     )
     subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "vpst-alice",
-            "--",
-            str(BIN / "python"),
-            "-I",
-            "-c",
-            leave_early,
-            str(helper.socket),
-        ],
+        python_as("vpst-alice", leave_early, str(helper.socket)),
         check=True,
     )
     wait_until(

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from harness import Helper, run, vpsshell_as, wait_until
+from harness import Helper, run, state_of, vpsshell_as, wait_until
 
 DENIED = "no such domain or permission denied"
-
-
-def state_of(helper: Helper, user: str, domain: str) -> str:
-    result = run(user, helper, f"status {domain} --json")
-    assert result.code == 0, result
-    return str(result.json()["state"])
 
 
 def test_tenant_lists_only_own_domains(helper: Helper) -> None:

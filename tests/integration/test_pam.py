@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pexpect
 import pytest
-from harness import BIN, DEFAULT_POLICY, Helper, run, wait_until
+from harness import BIN, DEFAULT_POLICY, Helper, run, start_and_wait
 
 PASSWORD = "correct-horse-7"
 CONFIRM_POLICY = DEFAULT_POLICY + (
@@ -21,12 +21,7 @@ def confirming(helper: Helper) -> Iterator[Helper]:
     subprocess.run(["chpasswd"], input=f"vpst-carol:{PASSWORD}\n", text=True, check=True)
     helper.write_policy("10-tenants.policy", CONFIRM_POLICY)
     helper.admin("reload")
-    assert run("vpst-carol", helper, "start web3").code == 0
-    wait_until(
-        lambda: run("vpst-carol", helper, "status web3 --json").json()["state"] == "running",
-        10,
-        "web3 running",
-    )
+    start_and_wait(helper, "vpst-carol", "web3")
     yield helper
 
 

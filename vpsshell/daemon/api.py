@@ -78,17 +78,19 @@ class Operation(NamedTuple):
 OPERATIONS: dict[str, Operation] = {}
 
 
-def _no_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    extra = set(untrusted) - {"domain"}
+def _refuse_unknown(untrusted: dict[str, Any], known: set[str]) -> None:
+    extra = set(untrusted) - known
     if extra:
-        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+        raise UsageError(f"unexpected argument(s): {', '.join(sorted(map(str, extra)))[:80]}")
+
+
+def _no_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    _refuse_unknown(untrusted, {"domain"})
     return {}
 
 
 def _shutdown_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    extra = set(untrusted) - {"domain", "wait", "force"}
-    if extra:
-        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    _refuse_unknown(untrusted, {"domain", "wait", "force"})
     force = untrusted.get("force", False)
     if not isinstance(force, bool):
         raise UsageError("force: expected true or false")
@@ -493,9 +495,7 @@ async def op_version(api: TenantApi, request: Request, target: Target | None) ->
 
 
 def _console_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    extra = set(untrusted) - {"domain", "takeover", "replay"}
-    if extra:
-        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    _refuse_unknown(untrusted, {"domain", "takeover", "replay"})
     takeover = untrusted.get("takeover", False)
     replay = untrusted.get("replay", limits.console_replay_default_bytes)
     if not isinstance(takeover, bool):
@@ -537,9 +537,7 @@ async def op_watch(api: TenantApi, request: Request, target: Target | None) -> A
 
 
 def _log_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    extra = set(untrusted) - {"domain", "lines"}
-    if extra:
-        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    _refuse_unknown(untrusted, {"domain", "lines"})
     lines = untrusted.get("lines", 100)
     if isinstance(lines, bool) or not isinstance(lines, int) or not 1 <= lines <= 10000:
         raise UsageError("lines: expected 1..10000")
@@ -555,9 +553,7 @@ async def op_log(api: TenantApi, request: Request, target: Target | None) -> Any
 
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    extra = set(untrusted) - {"domain", "key"}
-    if extra:
-        raise UsageError(f"unexpected argument(s): {', '.join(sorted(extra))[:80]}")
+    _refuse_unknown(untrusted, {"domain", "key"})
     key = untrusted.get("key")
     if not isinstance(key, str) or len(key) != 1 or not ("a" <= key <= "z" or "0" <= key <= "9"):
         raise UsageError("key: expected one of 0-9 or a-z")

@@ -138,46 +138,34 @@ class Listener:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _refuse(self, uid: int, pid: int, user: str | None, result: str, message: str) -> None:
+        """Audit a connection turned away before any request was read."""
+        self.audit.write(
+            socket=self.name,
+            uid=uid,
+            user=user,
+            pid=pid,
+            action="connect",
+            decision="deny",
+            result=result,
+            message=message,
+        )
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
         if self.allowed_uids is not None and uid not in self.allowed_uids:
-            self.audit.write(
-                socket=self.name,
-                uid=uid,
-                pid=pid,
-                action="connect",
-                decision="deny",
-                result="denied",
-                message="not an admin",
-            )
+            self._refuse(uid, pid, None, "denied", "not an admin")
             return
         caller = resolve_caller(pid, uid, gid)
         if caller is None:
-            self.audit.write(
-                socket=self.name,
-                uid=uid,
-                pid=pid,
-                action="connect",
-                decision="deny",
-                result="denied",
-                message="uid has no passwd entry",
-            )
+            self._refuse(uid, pid, None, "denied", "uid has no passwd entry")
             await self._send(writer, protocol.reply_error(None, "denied", "unknown user"))
             return
         if (
             self.connections[uid] >= self.limits.max_connections_per_user
             or sum(self.connections.values()) >= self.limits.max_connections
         ):
-            self.audit.write(
-                socket=self.name,
-                uid=uid,
-                user=caller.user,
-                pid=pid,
-                action="connect",
-                decision="deny",
-                result="temporary",
-                message="too many connections",
-            )
+            self._refuse(uid, pid, caller.user, "temporary", "too many connections")
             await self._send(
                 writer,
                 protocol.reply_error(
@@ -188,16 +176,7 @@ class Listener:
         if self.admit is not None:
             refusal = await self.admit(caller)
             if refusal is not None:
-                self.audit.write(
-                    socket=self.name,
-                    uid=uid,
-                    user=caller.user,
-                    pid=pid,
-                    action="connect",
-                    decision="deny",
-                    result="denied",
-                    message=f"account refused: {refusal}",
-                )
+                self._refuse(uid, pid, caller.user, "denied", f"account refused: {refusal}")
                 await self._send(
                     writer,
                     protocol.reply_error(
