@@ -29,6 +29,7 @@ from vpsshell.admin.launcher import launcher_text
 SHIPPED = {
     "pam/vpsshell": "share/vpsshell/pam/vpsshell",
     "systemd/vpsshelld.service": "share/vpsshell/systemd/vpsshelld.service",
+    "systemd/vpsshelld.socket": "share/vpsshell/systemd/vpsshelld.socket",
     "sshd/vpsshell.conf": "share/vpsshell/sshd/vpsshell.conf",
     "man/vpsshell.1": "share/man/man1/vpsshell.1",
     "man/vpsshell-policy.5": "share/man/man5/vpsshell-policy.5",
@@ -40,6 +41,7 @@ MAN_PAGES = [name for name in SHIPPED if name.startswith("man/")]
 UNIT_EXEC = "/usr/local/sbin/vpsshelld"
 PAM_SERVICE = "/etc/pam.d/vpsshell"
 UNIT_FILE = "/etc/systemd/system/vpsshelld.service"
+SOCKET_UNIT_FILE = "/etc/systemd/system/vpsshelld.socket"
 SSHD_SNIPPET = "/etc/ssh/sshd_config.d/vpsshell.conf"
 AUTHORIZED_KEYS_DIR = "/etc/vpsshell/authorized_keys"
 SHELLS = "/etc/shells"
@@ -263,6 +265,14 @@ def cmd_install(
     installer.file(PAM_SERVICE, pam, 0o644, ours=False, source="pam/vpsshell")
     unit = unit.replace(UNIT_EXEC.encode(), os.path.join(prefix, "sbin", "vpsshelld").encode())
     installer.file(UNIT_FILE, unit, 0o644, ours=False, source="systemd/vpsshelld.service")
+    socket_unit = _shipped_bytes("systemd/vpsshelld.socket")
+    if socket_unit is not None:
+        socket_unit = socket_unit.replace(
+            f"SocketGroup={paths.SOCKET_GROUP}\n".encode(), f"SocketGroup={socket_group}\n".encode()
+        )
+        installer.file(
+            SOCKET_UNIT_FILE, socket_unit, 0o644, ours=False, source="systemd/vpsshelld.socket"
+        )
     if sshd:
         snippet = snippet.replace(
             f"Match Group {paths.SOCKET_GROUP}\n".encode(), f"Match Group {socket_group}\n".encode()

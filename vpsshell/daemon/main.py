@@ -72,6 +72,7 @@ def _detach() -> None:
 
 async def _serve(config: DaemonConfig) -> int:
     from vpsshell.backends import create_backend
+    from vpsshell.daemon import systemd
     from vpsshell.daemon.admin_api import AdminApi
     from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
@@ -141,13 +142,15 @@ async def _serve(config: DaemonConfig) -> int:
     policy.reload()
     await consoles.start_all()
     admin_api = AdminApi(backend, policy, audit, consoles)
+    inherited = systemd.activated_socket(config.socket)
     tenant = Listener(
         "tenant",
-        bind_socket(config.socket, 0o660, config.socket_group),
+        inherited or bind_socket(config.socket, 0o660, config.socket_group),
         tenant_api.handle,
         config.limits,
         audit,
         admit=admit,
+        owns_path=inherited is None,  # systemd's socket unit owns an activated socket
     )
     admin = Listener(
         "admin",
@@ -167,10 +170,12 @@ async def _serve(config: DaemonConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, policy.reload)
     watcher = asyncio.create_task(policy.watch(config.policy_poll_seconds))
+    systemd.notify("READY=1")
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        systemd.notify("STOPPING=1")
         watcher.cancel()
         await tenant.stop()
         await admin.stop()

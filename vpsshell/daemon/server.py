@@ -98,7 +98,9 @@ class Listener:
         audit: AuditLog,
         allowed_uids: frozenset[int] | None = None,
         admit: Callable[[Caller], Awaitable[str | None]] | None = None,
+        owns_path: bool = True,
     ) -> None:
+        self.owns_path = owns_path
         self.admit = admit  # a check of each new caller (PAM account management)
         self.name = name
         self.sock = sock
@@ -123,8 +125,9 @@ class Listener:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.owns_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
