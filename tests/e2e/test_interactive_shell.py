@@ -134,7 +134,7 @@ def test_hostile_keys_smuggle_nothing(helper: Helper, terminal: Terminal, open_d
 
     assert commands_sent(helper) == [("status", "web1"), ("status", "web2"), ("whoami", None)]
     assert shell.title() == title and "pwned" not in shell.title()
-    assert process_state(shell.shell_pid()) == "S"
+    assert process_state(shell.shell_pid()) in ("S", "R")  # alive, not stopped
 
 
 def test_ctrl_c_clears_the_line_sigtstp_is_ignored_ctrl_d_leaves(
@@ -147,7 +147,7 @@ def test_ctrl_c_clears_the_line_sigtstp_is_ignored_ctrl_d_leaves(
     shell.run("whoami", "groups:")
     os.kill(pid, signal.SIGTSTP)
     shell.run("status web2", "uuid")
-    assert process_state(pid) == "S"
+    assert process_state(pid) in ("S", "R")  # alive, not stopped
     assert commands_sent(helper) == [("whoami", None), ("status", "web2")]
     shell.keys("C-d")
     assert shell.exit_status() == 0
