@@ -20,4 +20,19 @@ def create_backend(table: dict[str, Any], state_dir: str) -> Backend:
         from vpsshell.backends.sim import SimBackend
 
         return SimBackend.from_config(table, state_dir)
-    raise BackendConfigError(f"backend.type: unknown backend {kind!r} (known: sim)")
+    if kind == "libvirt":
+        from vpsshell.backends.libvirt_config import parse_libvirt_config
+
+        config = parse_libvirt_config(table)  # a typo is reported even without libvirt-python
+        try:
+            from vpsshell.backends.libvirt import LibvirtBackend
+        except ImportError as exc:
+            if exc.name != "libvirt":
+                raise
+            raise BackendConfigError(
+                'backend.type = "libvirt" needs libvirt-python: install vpsshell[libvirt] '
+                "(pip install 'vpsshell[libvirt]'; building it needs the system packages "
+                "libvirt-dev, pkg-config, gcc and python3-dev)"
+            ) from None
+        return LibvirtBackend(config, state_dir)
+    raise BackendConfigError(f"backend.type: unknown backend {kind!r} (known: sim, libvirt)")

@@ -1,0 +1,110 @@
+"""The ``[backend]`` table of the libvirt backend, validated without importing libvirt-python.
+
+Kept apart from the backend itself so that ``vpsshelld --check-config`` reports a typo in the
+table even on a machine where libvirt-python is not installed yet. It never connects anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from vpsshell.backends.base import BackendConfigError
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+_TIMEOUT_RANGE = (0.1, 300.0)
+_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+_HOST_MAX = 253
+_URI_MAX = 1024
+# scheme "://" then anything printable without spaces: libvirt parses the rest itself
+_URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://[\x21-\x7e]*")
+_TABLE_KEYS = frozenset({"type", "hosts", "timeout_seconds"})
+_HOST_KEYS = frozenset({"name", "uri"})
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """One ``[[backend.hosts]]`` entry: a libvirt connection and the label tenants see."""
+
+    name: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class LibvirtConfig:
+    hosts: tuple[HostConfig, ...]
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS  # one libvirt call, connecting included
+
+
+def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
+    """Validate the ``[backend]`` table of a libvirt backend."""
+    if not isinstance(table, dict):
+        raise BackendConfigError("backend: must be a table")
+    unknown = sorted(str(key) for key in table if key not in _TABLE_KEYS)
+    if unknown:
+        raise BackendConfigError(
+            f"backend: unknown key(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_TABLE_KEYS))})"
+        )
+    if table.get("type") != "libvirt":
+        raise BackendConfigError(f"backend.type: expected 'libvirt', got {table.get('type')!r}")
+    timeout = table.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
+    low, high = _TIMEOUT_RANGE
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not low <= timeout <= high
+    ):
+        raise BackendConfigError(
+            f"backend.timeout_seconds: must be a number of seconds from {low:g} to {high:g}, "
+            f"got {timeout!r}"
+        )
+    entries = table.get("hosts")
+    if not isinstance(entries, list) or not entries:
+        raise BackendConfigError(
+            'backend.hosts: at least one [[backend.hosts]] table (name = "node1", '
+            'uri = "qemu:///system") is needed'
+        )
+    hosts = [_parse_host(f"backend.hosts[{i}]", entry) for i, entry in enumerate(entries)]
+    for field in ("name", "uri"):
+        seen: dict[str, int] = {}
+        for index, host in enumerate(hosts):
+            value = getattr(host, field)
+            if value in seen:
+                raise BackendConfigError(
+                    f"backend.hosts[{index}].{field}: {value!r} is already the {field} of "
+                    f"backend.hosts[{seen[value]}]"
+                )
+            seen[value] = index
+    return LibvirtConfig(hosts=tuple(hosts), timeout_seconds=float(timeout))
+
+
+def _parse_host(where: str, entry: Any) -> HostConfig:
+    if not isinstance(entry, dict):
+        raise BackendConfigError(f"{where}: must be a table")
+    unknown = sorted(str(key) for key in entry if key not in _HOST_KEYS)
+    if unknown:
+        raise BackendConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: name, uri)")
+    missing = [key for key in ("name", "uri") if key not in entry]
+    if missing:
+        raise BackendConfigError(f"{where}: missing {', '.join(missing)}")
+    name, uri = entry["name"], entry["uri"]
+    if not isinstance(name, str) or not _HOST_RE.fullmatch(name) or len(name) > _HOST_MAX:
+        raise BackendConfigError(
+            f"{where}.name: must be a host label matching {_HOST_RE.pattern} "
+            f"(at most {_HOST_MAX} characters), got {name!r}"
+        )
+    if not isinstance(uri, str) or len(uri) > _URI_MAX or not _URI_RE.fullmatch(uri):
+        raise BackendConfigError(
+            f"{where}.uri: must be a libvirt URI such as qemu:///system, xen:///system, "
+            f"qemu+ssh://host/system or test:///abs/path.xml, got {uri!r}"
+        )
+    if uri.startswith("test://") and not uri.startswith("test:///"):
+        raise BackendConfigError(
+            f"{where}.uri: a test driver URI names an absolute file (test:///abs/path.xml) "
+            f"or test:///default, got {uri!r}"
+        )
+    return HostConfig(name=name, uri=uri)

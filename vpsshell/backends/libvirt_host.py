@@ -1,0 +1,386 @@
+"""One libvirt connection ("host") of the libvirt backend, and libvirt's event-loop thread.
+
+libvirt-python is blocking, so every call runs on a short-lived daemon thread and the asyncio
+loop waits for it with a timeout: a hung ``libvirtd`` costs the tenant one timeout and a clear
+temporary error, never blocks the loop or another host, and never keeps the helper from
+exiting. Once a call on a host has overrun its timeout, further calls on that host fail at once
+until it returns, so a hung daemon does not pile up threads. The connection is opened lazily,
+with keepalive, and reopened in the background when libvirt says it closed (``libvirtd``
+restarted); events of the new connection are registered again.
+
+libvirt's default event loop runs in one process-wide daemon thread; the lifecycle, reboot and
+close callbacks it calls only read names and ids off their arguments (no RPC) and hand them to
+the asyncio loop with ``call_soon_threadsafe``. Nothing here ever looks a domain up by id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+
+from vpsshell.backends.libvirt_config import HostConfig
+from vpsshell.errors import TemporaryFailure
+
+logger = logging.getLogger("vpsshell.libvirt")
+
+T = TypeVar("T")
+
+KEEPALIVE_INTERVAL_SECONDS = 5  # a dead peer is noticed after about interval * (count + 1)
+KEEPALIVE_COUNT = 3
+RECONNECT_FIRST_DELAY_SECONDS = 0.5
+RECONNECT_MAX_DELAY_SECONDS = 30.0
+CLOSE_WAIT_SECONDS = 2.0
+
+_event_loop_lock = threading.Lock()
+_event_loop_thread: threading.Thread | None = None
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and run it on a daemon thread.
+
+    Process-wide and idempotent; must happen before the first connection is opened, or that
+    connection gets no events and no keepalive."""
+    global _event_loop_thread
+    with _event_loop_lock:
+        if _event_loop_thread is not None:
+            return
+        # libvirt prints every error to stderr by default; they are raised as exceptions anyway.
+        libvirt.registerErrorHandler(lambda _ctx, _error: None, None)
+        libvirt.virEventRegisterDefaultImpl()
+        _event_loop_thread = threading.Thread(
+            target=_run_event_loop, name="libvirt-events", daemon=True
+        )
+        _event_loop_thread.start()
+
+
+def _run_event_loop() -> None:
+    while True:
+        try:
+            if libvirt.virEventRunDefaultImpl() < 0:
+                threading.Event().wait(0.1)  # do not spin on a persistent failure
+        except Exception:
+            logger.exception("libvirt event loop iteration failed")
+            threading.Event().wait(0.1)
+
+
+def run_in_event_thread(work: Callable[[], None]) -> None:
+    """Run ``work`` on libvirt's event thread soon (a zero timeout that removes itself)."""
+
+    def fire(timer: int, _opaque: object) -> None:
+        libvirt.virEventRemoveTimeout(timer)
+        try:
+            work()
+        except Exception:
+            logger.exception("libvirt event-thread task failed")
+
+    libvirt.virEventAddTimeout(0, fire, None)
+
+
+@dataclass(frozen=True)
+class RawEvent:
+    """A libvirt domain event, as read on the event thread; ``event``/``detail`` are libvirt's
+    numbers (``kind`` "reboot" events have none)."""
+
+    host: LibvirtHost
+    uuid: str
+    name: str
+    domain_id: int
+    kind: str  # "lifecycle" | "reboot"
+    event: int = -1
+    detail: int = -1
+
+
+class ConnectionLost(Exception):
+    """A call failed because the connection is gone (libvirtd stopped or restarted)."""
+
+
+def _refuse_credentials(credentials: list[Any], _opaque: object) -> int:
+    return -1  # never prompt: the helper has no one to ask
+
+
+class LibvirtHost:
+    """A lazily opened, time-limited, self-healing connection to one libvirt URI."""
+
+    def __init__(
+        self,
+        config: HostConfig,
+        timeout: float,
+        on_event: Callable[[RawEvent], None],
+        on_reconnected: Callable[[LibvirtHost], None],
+    ) -> None:
+        self.name = config.name
+        self.uri = config.uri
+        self.timeout = timeout
+        self._on_event = on_event
+        self._on_reconnected = on_reconnected
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: Any = None
+        self._callback_ids: list[int] = []
+        self._connecting: asyncio.Future[tuple[Any, list[int]]] | None = None
+        self._overdue: set[asyncio.Future[Any]] = set()
+        self._ever_connected = False
+        self._reported_down = False
+        self._reconnect: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    # -- calls ------------------------------------------------------------------------------
+
+    async def call(self, work: Callable[[Any], T], what: str) -> T:
+        """Run ``work(connection)`` on a thread, within the timeout. Raises TemporaryFailure
+        when the host cannot answer now; libvirt errors of ``work`` itself pass through."""
+        if self._closing:
+            raise TemporaryFailure("the vpsshell helper is stopping")
+        self._refuse_if_stalled()
+        conn = await self._connection()
+
+        def guarded() -> T:
+            try:
+                return work(conn)
+            except libvirt.libvirtError as exc:
+                if not _is_alive(conn):
+                    raise ConnectionLost(exc.get_error_message()) from exc
+                raise
+
+        try:
+            return await self._wait(self._spawn(guarded, what), what)
+        except ConnectionLost as exc:
+            self._drop(conn, str(exc))
+            raise self._unreachable() from None
+
+    def _refuse_if_stalled(self) -> None:
+        if self._overdue:
+            raise TemporaryFailure(
+                f"host {self.name} is not answering (libvirt is hung or overloaded); "
+                "try again later"
+            )
+
+    def _unreachable(self) -> TemporaryFailure:
+        return TemporaryFailure(f"host {self.name} cannot be reached right now; try again later")
+
+    def _spawn(self, work: Callable[[], T], what: str) -> asyncio.Future[T]:
+        loop = self._bind_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        # an overdue call may end with an exception nobody awaits any more: read it here
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+        def settle(ok: bool, value: Any) -> None:
+            if future.done():
+                return
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+        def run() -> None:
+            try:
+                outcome: tuple[bool, Any] = (True, work())
+            except BaseException as exc:  # handed over, never lost
+                outcome = (False, exc)
+            try:
+                loop.call_soon_threadsafe(settle, *outcome)
+            except RuntimeError:
+                pass  # the loop is closed: nobody is waiting for this any more
+
+        threading.Thread(target=run, name=f"libvirt-{self.name}-{what}", daemon=True).start()
+        return future
+
+    async def _wait(self, future: asyncio.Future[T], what: str) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            if future not in self._overdue:
+                self._overdue.add(future)
+                future.add_done_callback(self._call_returned)
+                logger.warning(
+                    "host %s (%s): %s got no answer within %g s; calls to this host fail "
+                    "until it answers",
+                    self.name,
+                    self.uri,
+                    what,
+                    self.timeout,
+                )
+            raise TemporaryFailure(
+                f"host {self.name} did not answer within {self.timeout:g} s; try again later"
+            ) from None
+
+    def _call_returned(self, future: asyncio.Future[Any]) -> None:
+        self._overdue.discard(future)
+        if not self._overdue:
+            logger.info("host %s answers again", self.name)
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("a LibvirtHost is bound to one asyncio loop")
+        return loop
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _connection(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = self._spawn(self._open_blocking, "connect")
+            connecting.add_done_callback(self._opened)
+        try:
+            return (await self._wait(connecting, "connect"))[0]
+        except ConnectionLost:
+            raise self._unreachable() from None
+
+    def _open_blocking(self) -> tuple[Any, list[int]]:
+        try:
+            conn = libvirt.openAuth(
+                self.uri,
+                [
+                    [libvirt.VIR_CRED_AUTHNAME, libvirt.VIR_CRED_PASSPHRASE],
+                    _refuse_credentials,
+                    None,
+                ],
+                0,
+            )
+        except libvirt.libvirtError as exc:
+            raise ConnectionLost(exc.get_error_message()) from exc
+        with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
+            conn.setKeepAlive(KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.registerCloseCallback(self._closed_by_libvirt, None)
+        ids = [
+            conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None
+            )
+        ]
+        try:
+            ids.append(
+                conn.domainEventRegisterAny(
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._rebooted, None
+                )
+            )
+        except libvirt.libvirtError as exc:
+            logger.info("host %s: no reboot events (%s)", self.name, exc.get_error_message())
+        return conn, ids
+
+    def _opened(self, future: asyncio.Future[tuple[Any, list[int]]]) -> None:
+        self._connecting = None
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            if not self._reported_down:
+                logger.warning("host %s (%s): cannot connect: %s", self.name, self.uri, error)
+                self._reported_down = True
+            return
+        conn, ids = future.result()
+        if self._closing:
+            self._spawn(lambda: _close_quietly(conn, ids), "close")
+            return
+        self._conn, self._callback_ids = conn, ids
+        self._reported_down = False
+        again = self._ever_connected
+        self._ever_connected = True
+        logger.info("host %s: %sconnected to %s", self.name, "re" if again else "", self.uri)
+        if again:
+            self._on_reconnected(self)
+
+    def _drop(self, conn: Any, why: str) -> None:
+        """Forget a dead connection and reconnect in the background (events must resume even
+        if no tenant asks anything)."""
+        if conn is None or conn is not self._conn:
+            return
+        ids = self._callback_ids
+        self._conn, self._callback_ids = None, []
+        logger.warning("host %s: connection to libvirt lost (%s); reconnecting", self.name, why)
+        self._spawn(lambda: _close_quietly(conn, ids), "close")
+        if not self._closing and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+
+    async def _reconnect_loop(self) -> None:
+        delay = RECONNECT_FIRST_DELAY_SECONDS
+        while not self._closing and self._conn is None:
+            await asyncio.sleep(delay)
+            try:
+                await self._connection()
+            except TemporaryFailure:
+                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        conn, ids = self._conn, self._callback_ids
+        self._conn, self._callback_ids = None, []
+        if conn is not None:
+            closing = self._spawn(lambda: _close_quietly(conn, ids), "close")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(closing), CLOSE_WAIT_SECONDS)
+
+    # -- libvirt's event thread -------------------------------------------------------------
+
+    def _hand_over(self, work: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the helper is exiting
+            loop.call_soon_threadsafe(work, *args)
+
+    def _lifecycle(self, conn: Any, dom: Any, event: int, detail: int, _opaque: object) -> None:
+        raw = RawEvent(self, dom.UUIDString(), dom.name(), dom.ID(), "lifecycle", event, detail)
+        self._hand_over(self._deliver, conn, raw)
+
+    def _rebooted(self, conn: Any, dom: Any, _opaque: object) -> None:
+        raw = RawEvent(self, dom.UUIDString(), dom.name(), dom.ID(), "reboot")
+        self._hand_over(self._deliver, conn, raw)
+
+    def _closed_by_libvirt(self, conn: Any, reason: int, _opaque: object) -> None:
+        reasons = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "client"}
+        self._hand_over(self._drop_by_identity, conn, reasons.get(reason, str(reason)))
+
+    def _drop_by_identity(self, conn: Any, why: str) -> None:
+        # the close callback gets a new Python wrapper of the same connection
+        if self._conn is not None and _same_connection(conn, self._conn):
+            self._drop(self._conn, why)
+
+    def _deliver(self, conn: Any, raw: RawEvent) -> None:
+        if self._conn is not None and _same_connection(conn, self._conn):
+            self._on_event(raw)
+
+
+def _same_connection(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a.c_pointer() == b.c_pointer())
+    except (AttributeError, libvirt.libvirtError):
+        return False
+
+
+def _is_alive(conn: Any) -> bool:
+    try:
+        return bool(conn.isAlive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _close_quietly(conn: Any, callback_ids: list[int]) -> None:
+    for callback_id in callback_ids:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback_id)
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(libvirt.libvirtError):
+        conn.close()
