@@ -7,7 +7,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from harness import Helper, python_as, run, wait_until
+from harness import Helper, python_as, run, start_and_wait, wait_until
 
 from vpsshell import protocol
 
@@ -164,3 +164,25 @@ def test_rate_limit_gives_75_and_other_users_are_unaffected(open_dir: Path, tena
         assert run("vpst-alice", limited, "list").code == 0
     finally:
         limited.stop()
+
+
+def test_client_leaving_a_long_wait_is_audited_as_cancelled(helper: Helper) -> None:
+    start_and_wait(helper, "vpst-alice", "stubborn")  # takes 600 s to shut down
+    waiting = subprocess.Popen(
+        python_as(
+            "vpst-alice",
+            "import socket, sys\n"
+            "from vpsshell import protocol\n"
+            "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+            "s.sendall(protocol.encode_message(protocol.request(\n"
+            "    1, 'shutdown', {'domain': 'stubborn', 'wait': 60})))\n"
+            "s.recv(1)\n",  # returns with the first progress message, then the client is gone
+            str(helper.socket),
+        )
+    )
+    assert waiting.wait(30) == 0
+    cancelled = wait_until(
+        lambda: [e for e in helper.audit() if e["action"] == "shutdown"], 20, "audited"
+    )
+    assert cancelled[-1]["result"] == "cancelled"
+    assert run("vpst-alice", helper, "poweroff stubborn").code == 0  # lock released

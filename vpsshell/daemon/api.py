@@ -218,6 +218,10 @@ class TenantApi:
         except asyncio.CancelledError:
             audit["result"] = "cancelled"
             raise
+        except ConnectionError:  # a progress message found the client gone (Ctrl-C, ssh hangup)
+            audit["result"] = "cancelled"
+            audit["message"] = "the client left before the request finished"
+            return protocol.reply_error(request_id, "temporary", "cancelled")
         except Exception:
             log.exception("request %r from %s failed", audit.get("action"), caller.user)
             audit["result"] = "internal-error"
