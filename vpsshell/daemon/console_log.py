@@ -38,6 +38,12 @@ class ConsoleLog:
 
     def _rotate(self) -> None:
         self.close()
+        # Drop the oldest first so every rename below goes to a free name: renaming over an
+        # existing file makes ext4 flush the renamed file's data (auto_da_alloc), which stalls
+        # the helper's event loop for milliseconds on each rotation.
+        oldest = f"{self.path}.{self.files - 1}"
+        if self.files > 1 and os.path.lexists(oldest):
+            os.unlink(oldest)
         for index in range(self.files - 1, 0, -1):
             older = f"{self.path}.{index}"
             newer = self.path if index == 1 else f"{self.path}.{index - 1}"

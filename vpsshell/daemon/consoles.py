@@ -41,6 +41,14 @@ EVENT_NOTICES = {
 _attachment_ids = itertools.count(1)
 
 
+def data_frames(data: bytes) -> list[bytes]:
+    """Console bytes as ``CONSOLE_DATA`` frames (encoded once, shared by every client)."""
+    return [
+        protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data[i : i + 32768])
+        for i in range(0, len(data), 32768)
+    ]
+
+
 class Attachment:
     """One tenant connection attached to a hub, with its bounded outgoing queue."""
 
@@ -66,12 +74,8 @@ class Attachment:
         self._ready.set()
         return True
 
-    def offer_data(self, data: bytes) -> bool:
-        """Queue console bytes; False if the client is too far behind (caller drops it)."""
-        frames = [
-            protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data[i : i + 32768])
-            for i in range(0, len(data), 32768)
-        ]
+    def offer_frames(self, frames: list[bytes]) -> bool:
+        """Queue encoded console frames; False if the client is too far behind."""
         return all(self._push(frame) for frame in frames)
 
     def notice(self, text: str) -> None:
@@ -170,8 +174,9 @@ class ConsoleHub:
         if len(self.ring) > self.ring_bytes:
             del self.ring[: len(self.ring) - self.ring_bytes]
         self.log.append(data)
+        frames = data_frames(data)
         for attachment in list(self.attachments):
-            if not attachment.offer_data(data):
+            if not attachment.offer_frames(frames):
                 self.detach(attachment, "too-slow", "your connection could not keep up; detached")
 
     def attach(self, attachment: Attachment, *, takeover: bool, replay: int) -> None:
@@ -191,7 +196,7 @@ class ConsoleHub:
             )
         attachment.hub = self
         if replay > 0 and self.ring:
-            attachment.offer_data(bytes(self.ring[-replay:]))
+            attachment.offer_frames(data_frames(bytes(self.ring[-replay:])))
         self.attachments.append(attachment)
         if attachment.mode == "write":
             self.writer = attachment
