@@ -267,6 +267,7 @@ def test_libvirt_events_become_lifecycle_events(tmp_path: Path) -> None:
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_SUSPENDED, 0)  # not a tenant event
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_RESUMED, 0)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_SHUTDOWN, lv.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST)
+        raw("lifecycle", lv.VIR_DOMAIN_EVENT_SHUTDOWN, lv.VIR_DOMAIN_EVENT_SHUTDOWN_HOST)  # destroy
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_DESTROYED)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_CRASHED)

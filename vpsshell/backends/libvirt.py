@@ -61,8 +61,9 @@ _UP = frozenset(
     {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
 )
 
-# (libvirt event, detail) -> (LifecycleEvent kind, detail); None as detail: any other detail.
-_LIFECYCLE: dict[tuple[int, int | None], tuple[str, str]] = {
+# (libvirt event, detail) -> (LifecycleEvent kind, detail); None as detail: any other detail;
+# None as the value: no tenant-visible event.
+_LIFECYCLE: dict[tuple[int, int | None], tuple[str, str] | None] = {
     (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED): ("started", ""),
     (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED): (
         "migrated",
@@ -106,10 +107,8 @@ _LIFECYCLE: dict[tuple[int, int | None], tuple[str, str]] = {
         "shutdown",
         "guest",
     ),
-    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST): (
-        "shutdown",
-        "host",
-    ),
+    # QEMU killed by a signal (a destroy, which says so itself as "stopped destroyed")
+    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST): None,
     (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, None): ("shutdown", ""),
     (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED): (
         "crashed",
@@ -557,7 +556,8 @@ class LibvirtBackend(Backend):
             self._book.booted(key, raw.domain_id)
             self.emit(LifecycleEvent("rebooted", uuid, raw.name, detail))
             return
-        mapped = _LIFECYCLE.get((raw.event, raw.detail)) or _LIFECYCLE.get((raw.event, None))
+        exact = (raw.event, raw.detail)
+        mapped = _LIFECYCLE[exact] if exact in _LIFECYCLE else _LIFECYCLE.get((raw.event, None))
         if raw.event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED and self._where.get(uuid) is host:
             del self._where[uuid]
         if mapped is None:
