@@ -84,10 +84,23 @@ def test_power_actions_and_exit_codes(two_hosts: Helper) -> None:
     assert run("vpst-carol", two_hosts, "status db1 --json").json()["state"] == "running"
     assert run("vpst-carol", two_hosts, "shutdown db1 --wait=10").code == 0
     assert run("vpst-carol", two_hosts, "status db1 --json").json()["state"] == "shutoff"
-    starts = [line for line in two_hosts.audit() if line["action"] == "start"]
-    assert all(re.fullmatch(r"[0-9a-f-]{36}", line["uuid"]) for line in starts if "uuid" in line)
-    log = two_hosts.log.read_text()
-    assert "event: node1/web1 started" in log and "event: node1/web1 stopped (destroyed)" in log
+    allowed = [
+        entry
+        for entry in two_hosts.audit()
+        if entry["action"] == "start" and entry["decision"] == "allow"
+    ]
+    assert len(allowed) == 3  # acted on by UUID, which the audit line records
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", e["uuid"]) for e in allowed
+    )
+    wait_until(
+        lambda: all(
+            line in two_hosts.log.read_text()
+            for line in ("event: node1/web1 started", "event: node1/web1 stopped (destroyed)")
+        ),
+        5,
+        "the events in the helper's log",
+    )
 
 
 def test_a_name_on_two_hosts_fails_for_the_tenant_and_is_logged_for_the_admin(

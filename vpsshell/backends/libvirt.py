@@ -569,7 +569,7 @@ class LibvirtBackend(Backend):
             self._book.stopped(key)
         elif kind in ("started", "migrated"):
             self._where[uuid] = host
-            self._book.booted(key, raw.domain_id)
+            self._book.started(key, raw.domain_id)
         elif kind == "stopped":
             self._book.stopped(key)
         self.emit(LifecycleEvent(kind, uuid, raw.name, detail))

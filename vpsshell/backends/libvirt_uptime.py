@@ -57,9 +57,16 @@ class UptimeBook:
             logger.warning("ignoring %s (uptimes restart from now): %s", self.path, exc)
 
     def booted(self, key: str, domain_id: int) -> None:
-        """The domain started or rebooted now."""
+        """The domain rebooted now (same domain id: the boot is new all the same)."""
         self._since[key] = (domain_id, self.clock())
         self._save()
+
+    def started(self, key: str, domain_id: int) -> None:
+        """The domain started. Its event may come after a status call already saw this very
+        run (same domain id) and noted when: that earlier time stands."""
+        record = self._since.get(key)
+        if record is None or record[0] != domain_id:
+            self.booted(key, domain_id)
 
     def stopped(self, key: str) -> None:
         if self._since.pop(key, None) is not None:
