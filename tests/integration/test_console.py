@@ -253,3 +253,19 @@ def test_admin_lists_and_kicks_console_sessions(running: Helper) -> None:
     session.expect("administrator ended")
     assert finish(session) == 77
     assert running.admin("sessions") == []
+
+
+def test_log_of_a_long_console_fits_one_reply(running: Helper) -> None:
+    session = console(running, "vpst-alice", "--no-replay")
+    login(session)
+    session.delaybeforesend = None
+    for index in range(40):  # ~120 KB of console output, more than one frame holds
+        session.send(f"echo {index}-{'y' * 3000}\r")
+        session.expect(f"{index}-y")
+    session.send("\x1d")
+    assert finish(session) == 0
+    result = run("vpst-alice", running, "log web1 --lines=10000 --json")
+    assert result.code == 0, result.err
+    log = result.json()
+    assert log["truncated"] is True
+    assert log["lines"][-1].startswith("root@web1")  # the newest lines are the ones kept

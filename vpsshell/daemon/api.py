@@ -10,6 +10,7 @@ line is written per request, whatever happens.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -39,6 +40,7 @@ log = logging.getLogger("vpsshell.api")
 DOMAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 MAX_REQUEST_ID = 2**53
 WAIT_POLL_SECONDS = 0.2
+LOG_REPLY_BUDGET = protocol.MAX_FRAME_BYTES - 1024
 PROGRESS_EVERY_SECONDS = 5.0
 
 Progress = Callable[[str], Awaitable[None]]
@@ -553,7 +555,15 @@ async def op_log(api: TenantApi, request: Request, target: Target | None) -> Any
     assert target is not None
     hub = api.consoles.hub_for(target.info)
     lines = await asyncio.to_thread(hub.log.tail, request.args["lines"])
-    return {"domain": target.info.name, "lines": lines}
+    # keep the newest lines that fit one frame (JSON escaping can grow a line up to 6x)
+    budget, kept = LOG_REPLY_BUDGET, []
+    for line in reversed(lines):
+        budget -= len(json.dumps(line)) + 1
+        if budget < 0:
+            break
+        kept.append(line)
+    kept.reverse()
+    return {"domain": target.info.name, "lines": kept, "truncated": len(kept) < len(lines)}
 
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from vpsshell.errors import TemporaryFailure, VpsError
 
 log = logging.getLogger("vpsshell.console")
 
-REOPEN_DELAY_SECONDS = 0.5
+REOPEN_DELAY_SECONDS = 2.0  # first retry after a console could not be opened
+REOPEN_DELAY_MAX_SECONDS = 60.0  # backing off while it keeps failing; events wake it at once
 MAX_ATTACHMENTS_PER_DOMAIN = 64
 EVENT_NOTICES = {
     "started": "{name} started",
@@ -147,6 +148,7 @@ class ConsoleHub:
 
     async def _follow(self) -> None:
         """Keep a backend stream open for as long as the domain exists; reopen after it ends."""
+        delay = REOPEN_DELAY_SECONDS / 2
         while True:
             try:
                 self._stream = await self.backend.open_console(self.uuid)
@@ -156,6 +158,7 @@ class ConsoleHub:
             except Exception:
                 log.exception("opening the console of %s failed", self.name)
                 self._stream = None
+            opened = self._stream is not None
             if self._stream is not None:
                 try:
                     while data := await self._stream.read():
@@ -165,9 +168,13 @@ class ConsoleHub:
                 with contextlib.suppress(Exception):
                     await self._stream.close()
                 self._stream = None
+            delay = REOPEN_DELAY_SECONDS if opened else min(delay * 2, REOPEN_DELAY_MAX_SECONDS)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), REOPEN_DELAY_SECONDS * 4)
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+                delay = REOPEN_DELAY_SECONDS / 2  # woken by an event: try now, back off anew
+            except TimeoutError:
+                pass
 
     def _output(self, data: bytes) -> None:
         self.ring += data
@@ -275,7 +282,7 @@ class ConsoleManager:
         template = EVENT_NOTICES.get(event.kind)
         if template:
             hub.notice(template.format(name=hub.name))
-        if event.kind in ("started", "rebooted"):
+        if event.kind in ("started", "rebooted", "migrated"):
             hub.wake()
 
     def attachments(self) -> list[Attachment]:

@@ -248,5 +248,12 @@ class Listener:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-        writer.write(protocol.encode_message(message))
+        try:
+            frame = protocol.encode_message(message)
+        except protocol.ProtocolError:  # a reply over the frame limit: say so, never drop it
+            log.error("reply to request %r exceeds the frame limit", message.get("id"))
+            frame = protocol.encode_message(
+                protocol.reply_error(message.get("id"), "failed", "reply too large")
+            )
+        writer.write(frame)
         await writer.drain()
