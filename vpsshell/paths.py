@@ -22,12 +22,13 @@ CONSOLE_LOG_DIR = "/var/log/vpsshell/console"
 
 
 def client_socket_path() -> str:
-    """``VPSSHELL_SOCKET``, else ``socket`` in the client config, else the default."""
+    """``VPSSHELL_SOCKET``, else ``socket`` in the client config (``VPSSHELL_CONFIG`` or
+    /etc/vpsshell/vpsshell.toml), else the default."""
     from_env = os.environ.get("VPSSHELL_SOCKET")
     if from_env:
         return from_env
     try:
-        with open(CLIENT_CONFIG, "rb") as fh:
+        with open(os.environ.get("VPSSHELL_CONFIG") or CLIENT_CONFIG, "rb") as fh:
             raw = fh.read(64 * 1024)
     except OSError:
         return SOCKET

@@ -100,6 +100,17 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
         nonlocal resize_pending
         resize_pending = True
 
+    def send(frame: bytes) -> None:
+        """Blocking send; a helper that already closed its side is not an error here: its
+        last frames (the reason it closed) are still to be read."""
+        sock.setblocking(True)
+        try:
+            sock.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            sock.setblocking(False)
+
     previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
     try:
         if saved_attrs is not None:
@@ -109,17 +120,13 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
         selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
         size = _window_size(stdin_fd) if saved_attrs is not None else None
         if size:
-            sock.sendall(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
+            send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
         while True:
             if resize_pending:
                 resize_pending = False
                 size = _window_size(stdin_fd)
                 if size:
-                    sock.setblocking(True)
-                    sock.sendall(
-                        _message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]})
-                    )
-                    sock.setblocking(False)
+                    send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
             try:
                 events = selector.select(timeout=1.0)
             except InterruptedError:
@@ -132,16 +139,13 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
                         continue
                     if DETACH_KEY in data:
                         before = data.split(DETACH_KEY, 1)[0]
-                        sock.setblocking(True)
                         if before and mode == "write":
-                            sock.sendall(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, before))
-                        sock.sendall(_message({"v": 1, "op": "detach"}))
+                            send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, before))
+                        send(_message({"v": 1, "op": "detach"}))
                         code, note = ExitCode.OK, "detached"
                         return code
                     if mode == "write":
-                        sock.setblocking(True)
-                        sock.sendall(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data))
-                        sock.setblocking(False)
+                        send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data))
                 else:
                     try:
                         chunk = sock.recv(65536)
