@@ -35,4 +35,18 @@ def create_backend(table: dict[str, Any], state_dir: str) -> Backend:
                 "libvirt-dev, pkg-config, gcc and python3-dev)"
             ) from None
         return LibvirtBackend(config, state_dir)
-    raise BackendConfigError(f"backend.type: unknown backend {kind!r} (known: sim, libvirt)")
+    if kind == "xen":
+        from vpsshell.backends.xen_config import parse_xen_config
+
+        xen_config = parse_xen_config(table)  # a typo is reported even without pyxs
+        try:
+            from vpsshell.backends.xen import XenBackend
+        except ImportError as exc:
+            if exc.name != "pyxs":
+                raise
+            raise BackendConfigError(
+                'backend.type = "xen" needs pyxs: install vpsshell[xen] '
+                "(pip install 'vpsshell[xen]')"
+            ) from None
+        return XenBackend(xen_config, state_dir)
+    raise BackendConfigError(f"backend.type: unknown backend {kind!r} (known: sim, libvirt, xen)")
