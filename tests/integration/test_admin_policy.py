@@ -196,3 +196,33 @@ def test_sessions_lists_none_when_no_console_is_open(helper: Helper) -> None:
     result = admin(helper, "sessions")
     assert (result.code, result.out) == (0, "no console sessions\n")
     assert admin(helper, "kick", "--user", "vpst-alice").code == 1
+
+
+def test_revoke_ends_a_live_console(helper: Helper) -> None:
+    import pexpect
+
+    assert admin(helper, "policy", "grant", "user:vpst-bob", "@operator", "web2").code == 0
+    assert run("vpst-bob", helper, "start web2").code == 0
+    session = pexpect.spawn(
+        "runuser",
+        [
+            "-u",
+            "vpst-bob",
+            "--",
+            "env",
+            f"VPSSHELL_SOCKET={helper.socket}",
+            "TERM=xterm",
+            str(BIN / "vpsshell"),
+            "-c",
+            "console web2",
+        ],
+        timeout=15,
+    )
+    session.expect("Press Ctrl-] to detach")
+    assert admin(helper, "policy", "revoke", "user:vpst-bob", "@operator", "web2").code == 0
+    session.expect("access to web2's console ended")
+    session.expect(pexpect.EOF)
+    session.close()
+    assert session.exitstatus == 77
+    ended = [r for r in helper.audit() if r["action"] == "console-detach"]
+    assert ended and ended[-1]["result"] == "revoked" and ended[-1]["user"] == "vpst-bob"
