@@ -390,7 +390,7 @@ class LibvirtBackend(Backend):
         except BaseException:
             await stream.close()
             raise
-        self._streams = {s for s in self._streams if not s._ended}
+        self._streams = {s for s in self._streams if not s.ended}
         self._streams.add(stream)
         return stream
 

@@ -20,6 +20,7 @@ import libvirt
 
 from vpsshell.backends.base import ConsoleStream
 from vpsshell.backends.libvirt_host import run_in_event_thread
+from vpsshell.backends.output_buffer import OutputBuffer
 from vpsshell.errors import ActionFailed
 
 logger = logging.getLogger("vpsshell.libvirt")
@@ -43,12 +44,7 @@ class LibvirtConsoleStream(ConsoleStream):
     def __init__(self, label: str, output_limit: int = OUTPUT_LIMIT_BYTES) -> None:
         self.label = label
         self._loop = asyncio.get_running_loop()
-        self._limit = output_limit
-        self._chunks: deque[bytes] = deque()
-        self._pending = 0
-        self._ready = asyncio.Event()
-        self._ended = False  # loop side: no more output will come
-        self.dropped_bytes = 0
+        self._output = OutputBuffer(output_limit)  # loop side
         # shared with the event thread, under _lock
         self._lock = threading.Lock()
         self._stream: Any = None
@@ -59,18 +55,17 @@ class LibvirtConsoleStream(ConsoleStream):
 
     # -- asyncio side -----------------------------------------------------------------------
 
+    @property
+    def dropped_bytes(self) -> int:
+        return self._output.dropped_bytes
+
+    @property
+    def ended(self) -> bool:
+        """No more output will come (the guest's console closed, or this stream did)."""
+        return self._output.ended
+
     async def read(self) -> bytes:
-        while True:
-            if self._chunks:
-                data = b"".join(self._chunks)
-                self._chunks.clear()
-                self._pending = 0
-                self._ready.clear()
-                return data
-            if self._ended:
-                return b""
-            await self._ready.wait()
-            self._ready.clear()
+        return await self._output.get()
 
     async def write(self, data: bytes) -> None:
         with self._lock:
@@ -89,28 +84,14 @@ class LibvirtConsoleStream(ConsoleStream):
             if self._closed:
                 return
             self._closed = True
-        self._chunks.clear()
-        self._pending = 0
-        self._end()
+        self._output.end(discard=True)
         run_in_event_thread(self._teardown)
 
     def _deliver(self, data: bytes) -> None:
-        if self._ended:
-            return
-        if len(data) > self._limit:
-            self.dropped_bytes += len(data) - self._limit
-            data = data[-self._limit :]
-        self._chunks.append(data)
-        self._pending += len(data)
-        while self._pending > self._limit:
-            oldest = self._chunks.popleft()
-            self._pending -= len(oldest)
-            self.dropped_bytes += len(oldest)
-        self._ready.set()
+        self._output.put(data)
 
     def _end(self) -> None:
-        self._ended = True
-        self._ready.set()
+        self._output.end()
 
     def _to_loop(self, work: Any, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is closed: the helper is exiting

@@ -24,7 +24,6 @@ import re
 import tempfile
 import time
 import uuid as uuidlib
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,7 @@ from vpsshell.backends.base import (
     DomainState,
     LifecycleEvent,
 )
+from vpsshell.backends.output_buffer import OutputBuffer
 from vpsshell.backends.sim_guest import SimGuest
 from vpsshell.errors import ActionFailed, not_found_or_denied
 
@@ -195,9 +195,9 @@ def _seconds(where: str, value: Any) -> float:
 class SimConsoleStream(ConsoleStream):
     """One reader/writer of a sim domain's serial console.
 
-    Output is queued per stream up to ``limit`` bytes; beyond that the oldest chunks of this
-    stream are dropped (counted in ``dropped_bytes``), so a reader that stalls never slows the
-    guest or the other streams."""
+    Output waits in this stream's own ``OutputBuffer`` (bounded; the oldest is dropped and
+    counted in ``dropped_bytes``), so a reader that stalls never slows the guest or the other
+    streams."""
 
     def __init__(
         self,
@@ -205,45 +205,25 @@ class SimConsoleStream(ConsoleStream):
         send: Callable[[bytes], None],
         on_close: Callable[[SimConsoleStream], None],
     ) -> None:
-        self._limit = limit
+        self._output = OutputBuffer(limit)
         self._send = send
         self._on_close = on_close
-        self._chunks: deque[bytes] = deque()
-        self._pending = 0
-        self._ready = asyncio.Event()
         self._closed = False
-        self.dropped_bytes = 0
 
     @property
     def pending_bytes(self) -> int:
-        return self._pending
+        return self._output.pending_bytes
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self._output.dropped_bytes
 
     def deliver(self, data: bytes) -> None:
         """Queue guest output for this stream (called by the backend, never blocks)."""
-        if self._closed or not data:
-            return
-        if len(data) > self._limit:
-            self.dropped_bytes += len(data) - self._limit
-            data = data[-self._limit :]
-        self._chunks.append(data)
-        self._pending += len(data)
-        while self._pending > self._limit:
-            oldest = self._chunks.popleft()
-            self._pending -= len(oldest)
-            self.dropped_bytes += len(oldest)
-        self._ready.set()
+        self._output.put(data)
 
     async def read(self) -> bytes:
-        while True:
-            if self._closed:
-                return b""
-            if self._chunks:
-                data = b"".join(self._chunks)
-                self._chunks.clear()
-                self._pending = 0
-                self._ready.clear()
-                return data
-            await self._ready.wait()
+        return await self._output.get()
 
     async def write(self, data: bytes) -> None:
         if self._closed:
@@ -258,9 +238,7 @@ class SimConsoleStream(ConsoleStream):
         if self._closed:
             return
         self._closed = True
-        self._chunks.clear()
-        self._pending = 0
-        self._ready.set()
+        self._output.end(discard=True)
         self._on_close(self)
 
 
