@@ -64,8 +64,19 @@ def _abort(client: Any) -> None:
         rvar.set(packet(op.ERROR, b"EIO\x00", rq_id))
 
 
+class _Router(pyxs.Router):  # type: ignore[misc]
+    """pyxs's router, ending quietly when the connection drops (pyxs lets the exception
+    escape its thread, which prints a traceback into the helper's log each time)."""
+
+    def __call__(self) -> None:
+        try:
+            super().__call__()
+        except (pyxs.PyXSError, OSError, ValueError) as exc:
+            logger.debug("XenStore connection ended: %s", exc)
+
+
 def _connect(path: str) -> Any:
-    client = pyxs.Client(unix_socket_path=path)
+    client = pyxs.Client(router=_Router(pyxs.connection.UnixSocketConnection(path)))
     try:
         client.connect()
     except pyxs.ConnectionError as exc:
