@@ -1,0 +1,162 @@
+"""Lifecycle events from successive ``xl list -v`` scans (xen_events), without Xen.
+
+The reboot sequence is the one captured in the lab (tests/fixtures/xen/list-v-reboot.txt); the
+other scans are built from rows of the same shape. Time is passed in, so no test sleeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vpsshell.backends.base import DomainState
+from vpsshell.backends.xen_events import (
+    RESTART_GRACE_SECONDS,
+    Change,
+    EventTracker,
+    current_rows,
+)
+from vpsshell.backends.xen_xl import CRASH, POWEROFF, REBOOT, VerboseRow, parse_list_verbose
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xen"
+WEB1 = "f9895986-a9f0-43a7-bc97-32845534e69c"
+DB1 = "d0d0d0d0-1111-4222-8333-444455556666"
+NAMES = {WEB1: "web1", DB1: "db1"}
+
+
+def web1(domid: int, flags: str = "-b----", reason: int | None = None) -> dict[str, VerboseRow]:
+    return {WEB1: VerboseRow("web1", domid, 128, 1, flags, WEB1, reason)}
+
+
+def scan(tracker: EventTracker, rows: dict[str, VerboseRow], now: float) -> list[tuple[str, ...]]:
+    return [(c.kind, c.name, c.detail) for c in tracker.observe(rows, now, NAMES)]
+
+
+def test_the_first_scan_is_a_baseline_then_start_and_destroy() -> None:
+    t = EventTracker()
+    assert scan(t, web1(3), 0) == []  # already running when the helper started
+    assert scan(t, {}, 1) == [("stopped", "web1", "destroyed")]  # gone without shutting down
+    assert scan(t, {}, 2) == []
+    assert scan(t, web1(4, "--p---"), 3) == [("started", "web1", "")]
+    assert t.state(WEB1, web1(4, "--p---")[WEB1], 4) is DomainState.STARTING  # being built
+    assert scan(t, web1(4), 5) == []
+    assert t.state(WEB1, web1(4)[WEB1], 6) is DomainState.RUNNING
+
+
+def test_a_reboot_captured_in_the_lab_is_one_rebooted_event() -> None:
+    blocks = (FIXTURES / "list-v-reboot.txt").read_text().split("===\n")
+    t = EventTracker()
+    changes: list[Change] = []
+    for now, block in enumerate(blocks):
+        rows, _ = parse_list_verbose(block)
+        if now == 1:
+            t.intend(WEB1, "reboot", now)  # the helper asked for it
+        changes += t.observe(current_rows(rows), float(now), NAMES)
+        if not [r for r in rows if r.uuid == WEB1]:
+            assert t.state(WEB1, None, now) is DomainState.STARTING  # between two domains
+    assert [(c.kind, c.name, c.detail) for c in changes] == [("rebooted", "web1", "reboot")]
+    assert t.intent(WEB1, len(blocks)) is None
+
+
+def test_a_reboot_the_guest_asked_for_is_named_guest() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    assert scan(t, web1(3, "---sr-", REBOOT), 1) == []
+    assert scan(t, web1(4), 2) == [("rebooted", "web1", "guest")]
+
+
+def test_a_reboot_whose_teardown_was_missed_still_is_a_reboot() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.intend(WEB1, "reboot", 0.5)
+    assert scan(t, {}, 1) == []  # gone, no shutdown seen, but the helper asked for a reboot
+    assert scan(t, web1(4), 2) == [("rebooted", "web1", "reboot")]
+    t2 = EventTracker()
+    scan(t2, web1(3), 0)
+    assert scan(t2, web1(9), 1) == [("rebooted", "web1", "guest")]  # new id between scans
+
+
+def test_a_reboot_that_never_comes_back_stops_after_the_grace() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    scan(t, web1(3, "---sr-", REBOOT), 1)
+    assert scan(t, {}, 2) == []
+    assert t.next_deadline() == 1 + RESTART_GRACE_SECONDS
+    assert scan(t, {}, 1 + RESTART_GRACE_SECONDS) == [("stopped", "web1", "reboot")]
+    assert t.state(WEB1, None, 100) is None
+
+
+def test_a_guest_poweroff_is_shutdown_then_stopped() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    assert scan(t, web1(3, "---s--", POWEROFF), 1) == [("shutdown", "web1", "poweroff")]
+    assert scan(t, web1(3, "---s-d", POWEROFF), 2) == []
+    assert scan(t, {}, 3) == [("stopped", "web1", "shutdown")]
+
+
+def test_a_requested_shutdown_shows_and_names_its_stop_even_if_missed() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.intend(WEB1, "shutdown", 1)
+    assert t.state(WEB1, web1(3)[WEB1], 2) is DomainState.SHUTTING_DOWN
+    assert scan(t, {}, 3) == [("stopped", "web1", "shutdown")]
+    assert t.intent(WEB1, 4) is None
+
+
+def test_a_crash_is_crashed_then_stopped_crashed() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    assert scan(t, web1(3, "---sc-", CRASH), 1) == [("crashed", "web1", "crash")]
+    assert t.state(WEB1, web1(3, "---sc-", CRASH)[WEB1], 1) is DomainState.CRASHED
+    assert scan(t, {}, 2) == [("stopped", "web1", "crashed")]
+
+
+def test_a_reset_by_destroy_and_create_is_one_rebooted_event() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.expect_restart(WEB1, "reset", 1)
+    assert scan(t, {}, 2) == []
+    assert t.state(WEB1, None, 2) is DomainState.STARTING
+    assert scan(t, web1(4, "--p---"), 3) == [("rebooted", "web1", "reset")]
+
+
+def test_a_failed_reset_is_stopped() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.expect_restart(WEB1, "reset", 1)
+    assert scan(t, {}, 2) == []
+    assert t.cancel_restart(WEB1, "destroyed") == Change("stopped", WEB1, "web1", "destroyed")
+    assert t.state(WEB1, None, 3) is None
+    assert scan(t, {}, 4) == []
+
+
+def test_a_sysrq_reboot_is_named_after_the_sysrq() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.intend(WEB1, "sysrq", 1)
+    scan(t, web1(3, "---sr-", REBOOT), 2)
+    assert scan(t, web1(4), 3) == [("rebooted", "web1", "sysrq")]
+
+
+def test_own_actions_are_forgotten_after_a_while() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    t.intend(WEB1, "reboot", 0)
+    scan(t, web1(3, "---sr-", REBOOT), 1000)
+    assert scan(t, web1(4), 1001) == [("rebooted", "web1", "guest")]
+
+
+def test_names_come_from_the_last_usable_name_while_torn_down() -> None:
+    t = EventTracker()
+    scan(t, web1(3), 0)
+    null = {WEB1: VerboseRow("(null)", 3, 128, 1, "---s--", WEB1, POWEROFF)}
+    assert t.observe(null, 1, {}) == [Change("shutdown", WEB1, "web1", "poweroff")]
+
+
+def test_current_rows_prefers_the_new_domain_during_a_reboot() -> None:
+    old = VerboseRow("(null)", 3, 128, 1, "---sr-", WEB1, REBOOT)
+    new = VerboseRow("web1", 4, 0, 0, "--p---", WEB1, None)
+    dom0 = VerboseRow(
+        "Domain-0", 0, 768, 2, "r-----", "0" * 8 + "-0000-0000-0000-" + "0" * 12, None
+    )
+    assert current_rows([new, old, dom0]) == {WEB1: new}
+    assert current_rows([old]) == {WEB1: old}
