@@ -26,9 +26,9 @@ import os
 import re
 import stat
 import termios
-from collections import deque
 
 from vpsshell.backends.base import ConsoleStream
+from vpsshell.backends.output_buffer import OutputBuffer
 from vpsshell.errors import ActionFailed, TemporaryFailure
 
 logger = logging.getLogger("vpsshell.xen")
@@ -126,29 +126,23 @@ class XenConsoleStream(ConsoleStream):
         self.label = label
         self._lock_fd = lock_fd
         self._loop = asyncio.get_running_loop()
-        self._limit = limit
-        self._chunks: deque[bytes] = deque()
-        self._pending = 0
-        self._ready = asyncio.Event()
+        self._output = OutputBuffer(limit)
         self._outbox = bytearray()
         self._writing = False
-        self.ended = False
         self.closed = False
-        self.dropped_bytes = 0
         self._loop.add_reader(fd, self._on_readable)
 
+    @property
+    def ended(self) -> bool:
+        """No more output will come (the pty closed, or this stream did)."""
+        return self._output.ended
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self._output.dropped_bytes
+
     async def read(self) -> bytes:
-        while True:
-            if self._chunks:
-                data = b"".join(self._chunks)
-                self._chunks.clear()
-                self._pending = 0
-                self._ready.clear()
-                return data
-            if self.ended:
-                return b""
-            self._ready.clear()
-            await self._ready.wait()
+        return await self._output.get()
 
     async def write(self, data: bytes) -> None:
         if self.ended:
@@ -163,9 +157,8 @@ class XenConsoleStream(ConsoleStream):
         if self.closed:
             return
         self.closed = True
-        self._chunks.clear()
-        self._pending = 0
         self.end("closed")
+        self._output.end(discard=True)
         with contextlib.suppress(OSError):
             os.close(self.fd)
         release_console_lock(self.domid, self._lock_fd)
@@ -175,7 +168,7 @@ class XenConsoleStream(ConsoleStream):
         if self.ended:
             return
         logger.debug("console of %s (domain %d) ended: %s", self.label, self.domid, why)
-        self.ended = True
+        self._output.end()
         self._outbox.clear()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.fd)
@@ -183,7 +176,6 @@ class XenConsoleStream(ConsoleStream):
             with contextlib.suppress(Exception):
                 self._loop.remove_writer(self.fd)
             self._writing = False
-        self._ready.set()
 
     def _on_readable(self) -> None:
         for _ in range(READS_PER_WAKEUP):
@@ -197,19 +189,7 @@ class XenConsoleStream(ConsoleStream):
             if not data:
                 self.end("end of file")
                 return
-            self._deliver(data)
-
-    def _deliver(self, data: bytes) -> None:
-        if len(data) > self._limit:
-            self.dropped_bytes += len(data) - self._limit
-            data = data[-self._limit :]
-        self._chunks.append(data)
-        self._pending += len(data)
-        while self._pending > self._limit:
-            oldest = self._chunks.popleft()
-            self._pending -= len(oldest)
-            self.dropped_bytes += len(oldest)
-        self._ready.set()
+            self._output.put(data)
 
     def _flush(self) -> None:
         while self._outbox and not self.ended:
