@@ -207,7 +207,7 @@ class XenBackend(Backend):
             raise not_found_or_denied(entry.name)
         self.tracker.intend(uuid, "start", time.monotonic())
         try:
-            await self._run(self.xl.create(config.file, config.uuid), entry.name, "start")
+            await self._create(config.file, config.uuid, entry.name, "start")
         except VpsError:
             self.tracker.forget_intent(uuid)
             raise
@@ -258,7 +258,7 @@ class XenBackend(Backend):
         self.tracker.expect_restart(uuid, "reset", time.monotonic())
         try:
             await self._run(self.xl.destroy(domain), entry.name, "reset")
-            await self._run(self.xl.create(config.file, uuid), entry.name, "reset")
+            await self._create(config.file, uuid, entry.name, "reset")
         except VpsError:
             change = self.tracker.cancel_restart(uuid, "destroyed")
             if change is not None:
@@ -356,6 +356,25 @@ class XenBackend(Backend):
         if result.stderr.strip():
             logger.info("xl %s of %s: %s", verb, name, _tail(result.stderr))
         return result.stderr
+
+    async def _create(self, file: DomainConfigFile, uuid: str, name: str, verb: str) -> None:
+        """xl create, tried twice. Seen under load: xl's monitor child dies while daemonizing
+        (xl exits 3, the domain may be left without its monitor, which handles on_reboot and
+        on_poweroff): such a domain is destroyed and the create tried once more."""
+        try:
+            await self._run(self.xl.create(file, uuid), name, verb)
+            return
+        except ActionFailed:
+            entry = (await self._snapshot(0)).by_uuid.get(uuid)
+            if entry is not None and entry.row is not None:
+                logger.warning(
+                    "xl create of %s left domain %d without its monitor: destroying it",
+                    name,
+                    entry.row.domid,
+                )
+                await self._run(self.xl.destroy(await self._resolve(entry)), name, verb)
+        logger.warning("xl create of %s failed; trying once more", name)
+        await self._run(self.xl.create(file, uuid), name, verb)
 
     async def _trigger_reset(self, entry: _Entry, domain: ResolvedDomain) -> None:
         # xl trigger exits 0 even when libxl refused; its message says so
