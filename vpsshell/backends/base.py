@@ -10,14 +10,38 @@ called with a UUID the backend itself returned.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+logger = logging.getLogger("vpsshell.backend")
+
 
 class BackendConfigError(Exception):
     """The ``[backend]`` config table is unusable; raised at start-up, never to a tenant."""
+
+
+def check_table(where: str, table: Any, known: frozenset[str]) -> None:
+    """``table`` must be a TOML table holding only ``known`` keys."""
+    if not isinstance(table, dict):
+        raise BackendConfigError(f"{where}: must be a table")
+    unknown = sorted(str(key) for key in table if key not in known)
+    if unknown:
+        raise BackendConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+
+
+def check_backend_table(
+    table: Any, kind: str, known: frozenset[str], *, type_optional: bool = False
+) -> None:
+    """The ``[backend]`` table of backend ``kind``: known keys only, and ``type`` is ``kind``."""
+    check_table("backend", table, known)
+    found = table.get("type", kind if type_optional else None)
+    if found != kind:
+        raise BackendConfigError(f"backend.type: expected {kind!r}, got {table.get('type')!r}")
 
 
 class DomainState(str, Enum):
@@ -103,8 +127,13 @@ class Backend(abc.ABC):
         self._event_sinks.append(sink)
 
     def emit(self, event: LifecycleEvent) -> None:
-        for sink in self._event_sinks:
-            sink(event)
+        """Deliver to every sink; a failing sink is logged and cannot stop the others (events
+        are often sent from timer tasks or callbacks, where an exception would go unnoticed)."""
+        for sink in list(self._event_sinks):
+            try:
+                sink(event)
+            except Exception:
+                logger.exception("event sink failed on %s", event)
 
     @abc.abstractmethod
     async def list_domains(self) -> list[DomainInfo]:

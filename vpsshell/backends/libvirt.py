@@ -524,7 +524,7 @@ class LibvirtBackend(Backend):
     # -- events -----------------------------------------------------------------------------
 
     def emit(self, event: LifecycleEvent) -> None:
-        """Deliver to every sink; a failing sink is logged and cannot stop the others."""
+        """Log the event with its host, then deliver it like every backend does."""
         host = self._where.get(event.uuid)
         logger.info(
             "event: %s/%s %s%s",
@@ -533,11 +533,7 @@ class LibvirtBackend(Backend):
             event.kind,
             f" ({event.detail})" if event.detail else "",
         )
-        for sink in list(self._event_sinks):
-            try:
-                sink(event)
-            except Exception:
-                logger.exception("event sink failed on %s", event)
+        super().emit(event)
 
     def _on_raw_event(self, raw: RawEvent) -> None:
         uuid = raw.uuid.lower()

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import BackendConfigError
+from vpsshell.backends.base import BackendConfigError, check_backend_table, check_table
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 _TIMEOUT_RANGE = (0.1, 300.0)
@@ -40,16 +40,7 @@ class LibvirtConfig:
 
 def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
     """Validate the ``[backend]`` table of a libvirt backend."""
-    if not isinstance(table, dict):
-        raise BackendConfigError("backend: must be a table")
-    unknown = sorted(str(key) for key in table if key not in _TABLE_KEYS)
-    if unknown:
-        raise BackendConfigError(
-            f"backend: unknown key(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(_TABLE_KEYS))})"
-        )
-    if table.get("type") != "libvirt":
-        raise BackendConfigError(f"backend.type: expected 'libvirt', got {table.get('type')!r}")
+    check_backend_table(table, "libvirt", _TABLE_KEYS)
     timeout = table.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
     low, high = _TIMEOUT_RANGE
     if (
@@ -83,11 +74,7 @@ def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
 
 
 def _parse_host(where: str, entry: Any) -> HostConfig:
-    if not isinstance(entry, dict):
-        raise BackendConfigError(f"{where}: must be a table")
-    unknown = sorted(str(key) for key in entry if key not in _HOST_KEYS)
-    if unknown:
-        raise BackendConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (known: name, uri)")
+    check_table(where, entry, _HOST_KEYS)
     missing = [key for key in ("name", "uri") if key not in entry]
     if missing:
         raise BackendConfigError(f"{where}: missing {', '.join(missing)}")

@@ -35,6 +35,8 @@ from vpsshell.backends.base import (
     DomainInfo,
     DomainState,
     LifecycleEvent,
+    check_backend_table,
+    check_table,
 )
 from vpsshell.backends.output_buffer import OutputBuffer
 from vpsshell.backends.sim_guest import SimGuest
@@ -85,11 +87,7 @@ class SimDomainConfig:
 
 def parse_sim_config(table: dict[str, Any]) -> tuple[str, list[SimDomainConfig]]:
     """Validate the ``[backend]`` table of a sim backend: (host label, domains)."""
-    if not isinstance(table, dict):
-        raise BackendConfigError("backend: must be a table")
-    _reject_unknown_keys("backend", table, _TABLE_KEYS)
-    if table.get("type", "sim") != "sim":
-        raise BackendConfigError(f"backend.type: expected 'sim', got {table.get('type')!r}")
+    check_backend_table(table, "sim", _TABLE_KEYS, type_optional=True)
     host = table.get("host", os.uname().nodename)
     if not isinstance(host, str) or not _NAME_RE.fullmatch(host) or len(host) > _HOST_MAX:
         raise BackendConfigError(
@@ -126,9 +124,7 @@ def parse_sim_config(table: dict[str, Any]) -> tuple[str, list[SimDomainConfig]]
 
 
 def _parse_domain(where: str, entry: Any) -> SimDomainConfig:
-    if not isinstance(entry, dict):
-        raise BackendConfigError(f"{where}: must be a table")
-    _reject_unknown_keys(where, entry, _DOMAIN_KEYS)
+    check_table(where, entry, _DOMAIN_KEYS)
     missing = [key for key in _REQUIRED_DOMAIN_KEYS if key not in entry]
     if missing:
         raise BackendConfigError(f"{where}: missing {', '.join(missing)}")
@@ -160,14 +156,6 @@ def _parse_domain(where: str, entry: Any) -> SimDomainConfig:
         boot_seconds=_seconds(f"{where}.boot_seconds", entry["boot_seconds"]),
         shutdown_seconds=_seconds(f"{where}.shutdown_seconds", entry.get("shutdown_seconds", 1)),
     )
-
-
-def _reject_unknown_keys(where: str, table: dict[str, Any], known: frozenset[str]) -> None:
-    unknown = sorted(str(key) for key in table if key not in known)
-    if unknown:
-        raise BackendConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
 
 
 def _int_in(where: str, value: Any, low: int, high: int) -> int:
@@ -526,15 +514,6 @@ class SimBackend(Backend):
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
             domain.timer = None
-
-    def emit(self, event: LifecycleEvent) -> None:
-        """Deliver to every sink; a failing sink is logged and cannot stop a transition (events
-        are sent from timer tasks, where an exception would otherwise go unnoticed)."""
-        for sink in list(self._event_sinks):
-            try:
-                sink(event)
-            except Exception:
-                logger.exception("event sink failed on %s", event)
 
     def _announce(self, kind: str, domain: _Domain, detail: str = "") -> None:
         self.emit(LifecycleEvent(kind, domain.config.uuid, domain.config.name, detail))

@@ -733,7 +733,7 @@ class XenBackend(Backend):
     # -- events -----------------------------------------------------------------------------
 
     def emit(self, event: LifecycleEvent) -> None:
-        """Deliver to every sink; a failing sink is logged and cannot stop the others."""
+        """Log the event with its host, then deliver it like every backend does."""
         logger.info(
             "event: %s/%s %s%s",
             self.config.host,
@@ -741,11 +741,7 @@ class XenBackend(Backend):
             event.kind,
             f" ({event.detail})" if event.detail else "",
         )
-        for sink in list(self._event_sinks):
-            try:
-                sink(event)
-            except Exception:
-                logger.exception("event sink failed on %s", event)
+        super().emit(event)
 
     def _emit_change(self, change: Change) -> None:
         self.emit(LifecycleEvent(change.kind, change.uuid, change.name, change.detail))

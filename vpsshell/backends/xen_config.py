@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import BackendConfigError
+from vpsshell.backends.base import BackendConfigError, check_backend_table
 
 DEFAULT_XL = "/usr/sbin/xl"
 DEFAULT_DOMAIN_CONFIG_DIR = "/etc/xen"
@@ -39,16 +39,7 @@ class XenConfig:
 
 def parse_xen_config(table: dict[str, Any]) -> XenConfig:
     """Validate the ``[backend]`` table of a xen backend."""
-    if not isinstance(table, dict):
-        raise BackendConfigError("backend: must be a table")
-    unknown = sorted(str(key) for key in table if key not in _TABLE_KEYS)
-    if unknown:
-        raise BackendConfigError(
-            f"backend: unknown key(s) {', '.join(unknown)} "
-            f"(known: {', '.join(sorted(_TABLE_KEYS))})"
-        )
-    if table.get("type") != "xen":
-        raise BackendConfigError(f"backend.type: expected 'xen', got {table.get('type')!r}")
+    check_backend_table(table, "xen", _TABLE_KEYS)
     host = table.get("host", os.uname().nodename)
     if not isinstance(host, str) or not _HOST_RE.fullmatch(host) or len(host) > _HOST_MAX:
         raise BackendConfigError(
