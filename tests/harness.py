@@ -27,8 +27,11 @@ TEAM_GROUP = "vpst-team"
 USERS = ("vpst-alice", "vpst-bob", "vpst-carol", "vpst-mallory")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test with ``message``."""
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test with ``message``.
+    ``interval`` suits the predicate's cost (a command over ssh into the Xen lab wants more)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -36,7 +39,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> An
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def is_root() -> bool:

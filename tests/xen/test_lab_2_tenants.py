@@ -11,10 +11,10 @@ shutdown --wait, poweroff. Needs ``VPSSHELL_XENLAB=1``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import harness
 import pexpect
 import pytest
 from labkit import HELPER_CONFIG, HELPER_LOG, HELPER_PID, OWNER, STRANGER, VENV, Lab
@@ -26,14 +26,8 @@ BOOT_SECONDS = 120
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(0.5)
+    """harness.wait_until, polling every 0.5 s: each predicate is a command run in dom0."""
+    return harness.wait_until(predicate, timeout, message, interval=0.5)
 
 
 @pytest.fixture(scope="module")
