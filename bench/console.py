@@ -273,54 +273,17 @@ def reader_command(path: str, op: str) -> list[str]:
 
 @asynccontextmanager
 async def helper_in_process(config_path: str) -> AsyncIterator[SimBackend]:
-    """The tenant side of ``vpsshelld`` (as ``vpsshell.daemon.main`` wires it); yields the
-    sim backend. The admin socket, signals and the policy watcher are left out."""
-    from vpsshell.backends import create_backend
-    from vpsshell.daemon.api import TenantApi
-    from vpsshell.daemon.audit import AuditLog
+    """The helper exactly as ``vpsshelld`` assembles it (``vpsshell.daemon.assembly``), in this
+    process; yields the sim backend. Signals and the policy watcher are left out."""
+    from vpsshell.daemon.assembly import start_helper
     from vpsshell.daemon.config import load_config
-    from vpsshell.daemon.consoles import Attachment, ConsoleManager
-    from vpsshell.daemon.policy_state import PolicyState
-    from vpsshell.daemon.server import Listener, bind_socket
 
-    config = load_config(config_path)
-    limits = config.limits
-    audit = AuditLog(config.audit_log)
-    audit.open()
-    backend = create_backend(config.backend, config.state_dir)
-    assert isinstance(backend, SimBackend)
-    await backend.open()
-
-    def on_detach(attachment: Attachment, reason: str) -> None:
-        audit.write(action="console-detach", result=reason, attachment=attachment.id)
-
-    consoles = ConsoleManager(
-        backend,
-        config.console_log_dir,
-        ring_bytes=limits.console_ring_bytes,
-        log_bytes=limits.console_log_bytes,
-        log_files=limits.console_log_files,
-        queue_bytes=limits.console_client_queue_bytes,
-        on_detach=on_detach,
-    )
-    policy = PolicyState(config.policy_dir)
-    policy.reload()
-    tenant = Listener(
-        "tenant",
-        bind_socket(config.socket, 0o660, config.socket_group),
-        TenantApi(backend, policy, audit, limits, consoles).handle,
-        limits,
-        audit,
-    )
-    await consoles.start_all()
-    await tenant.start()
+    helper = await start_helper(load_config(config_path))
+    assert isinstance(helper.backend, SimBackend)
     try:
-        yield backend
+        yield helper.backend
     finally:
-        await tenant.stop()
-        await consoles.stop()
-        await backend.close()
-        audit.close()
+        await helper.stop()
 
 
 class Readers:

@@ -1,0 +1,150 @@
+"""Assembling a running helper from its config: audit log, backend, consoles, policy, APIs and
+listening sockets, wired together in one place and stopped in reverse order.
+
+``vpsshelld`` uses it; so does the console benchmark, which must measure the same wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from vpsshell import __version__
+
+if TYPE_CHECKING:
+    from vpsshell.backends.base import Backend
+    from vpsshell.daemon.audit import AuditLog
+    from vpsshell.daemon.config import DaemonConfig
+    from vpsshell.daemon.consoles import ConsoleManager
+    from vpsshell.daemon.policy_state import PolicyState
+    from vpsshell.daemon.server import Listener
+    from vpsshell.policy import Policy
+
+log = logging.getLogger("vpsshell")
+
+
+class RunningHelper:
+    """The parts of a started helper; ``stop()`` ends them in reverse order."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        audit: AuditLog,
+        policy: PolicyState,
+        consoles: ConsoleManager,
+        tenant: Listener,
+        admin: Listener,
+    ) -> None:
+        self.backend = backend
+        self.audit = audit
+        self.policy = policy
+        self.consoles = consoles
+        self.tenant = tenant
+        self.admin = admin
+
+    async def stop(self) -> None:
+        await self.tenant.stop()
+        await self.admin.stop()
+        await self.consoles.stop()
+        await self.backend.close()
+        self.audit.close()
+
+
+async def start_helper(config: DaemonConfig) -> RunningHelper:
+    """Open everything the config names and start listening."""
+    from vpsshell.backends import create_backend
+    from vpsshell.daemon import systemd
+    from vpsshell.daemon.admin_api import AdminApi
+    from vpsshell.daemon.api import TenantApi
+    from vpsshell.daemon.audit import AuditLog
+    from vpsshell.daemon.consoles import Attachment, ConsoleManager
+    from vpsshell.daemon.peer import Caller
+    from vpsshell.daemon.policy_state import PolicyState
+    from vpsshell.daemon.server import Listener, bind_socket
+
+    audit = AuditLog(config.audit_log)
+    audit.open()
+    backend = create_backend(config.backend, config.state_dir)
+    await backend.open()
+
+    limits = config.limits
+
+    def on_detach(attachment: Attachment, reason: str) -> None:
+        audit.write(
+            action="console-detach",
+            decision="allow",
+            result=reason,
+            uid=attachment.caller.uid,
+            user=attachment.caller.user,
+            pid=attachment.caller.pid,
+            domain=attachment.hub.name if attachment.hub else None,
+            mode=attachment.mode,
+            attachment=attachment.id,
+            seconds=round(time.time() - attachment.since, 1),
+        )
+
+    consoles = ConsoleManager(
+        backend,
+        config.console_log_dir,
+        ring_bytes=limits.console_ring_bytes,
+        log_bytes=limits.console_log_bytes,
+        log_files=limits.console_log_files,
+        queue_bytes=limits.console_client_queue_bytes,
+        on_detach=on_detach,
+    )
+
+    def on_reload(policy: Policy) -> None:
+        errors = policy.errors
+        audit.write(
+            action="policy-reloaded",
+            decision="admin",
+            result="broken" if errors else "ok",
+            message="; ".join(str(e) for e in errors)[:500] or None,
+        )
+        consoles.revoke(tenant_api.still_attached_allowed)
+
+    policy = PolicyState(config.policy_dir)
+    tenant_api = TenantApi(backend, policy, audit, limits, consoles, config.pam_service)
+
+    async def admit(caller: Caller) -> str | None:
+        if not config.pam_service:
+            return None
+        from vpsshell.daemon.pam_service import account_refusal
+
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(account_refusal, caller.user, config.pam_service), timeout=30
+            )
+        except Exception as exc:  # PAM missing or hung: fail closed
+            log.error("PAM account check for %s failed: %r", caller.user, exc)
+            return "the account check failed"
+
+    policy.on_reload = on_reload
+    policy.reload()
+    await consoles.start_all()
+    admin_api = AdminApi(backend, policy, audit, consoles)
+    inherited = systemd.activated_socket(config.socket)
+    tenant = Listener(
+        "tenant",
+        inherited or bind_socket(config.socket, 0o660, config.socket_group),
+        tenant_api.handle,
+        config.limits,
+        audit,
+        admit=admit,
+        owns_path=inherited is None,  # systemd's socket unit owns an activated socket
+    )
+    admin = Listener(
+        "admin",
+        bind_socket(config.admin_socket, 0o600, None),
+        admin_api.handle,
+        config.limits,
+        audit,
+        allowed_uids=frozenset({0, os.geteuid()}),
+    )
+    await tenant.start()
+    await admin.start()
+    log.info("vpsshelld %s listening on %s (backend %s)", __version__, config.socket, backend.kind)
+    return RunningHelper(backend, audit, policy, consoles, tenant, admin)
