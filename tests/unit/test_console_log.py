@@ -38,3 +38,37 @@ def test_a_planted_symlink_is_not_followed(tmp_path: Path) -> None:
     log.append(b"guest output\n")  # refused and logged, never written through the link
     log.close()
     assert target.read_text() == "keep me\n"
+
+
+def test_two_hubs_of_one_name_write_one_log_in_order(tmp_path: Path) -> None:
+    """A Xen domain started by hand runs with a UUID of its own while the helper may already
+    have a hub for the UUID its config file gives it: both hubs carry the same name and must
+    not write one file through two descriptors (each would overwrite the other's bytes)."""
+    import asyncio
+
+    from vpsshell.backends.base import DomainInfo, DomainState
+    from vpsshell.backends.sim import SimBackend
+    from vpsshell.daemon.consoles import ConsoleManager
+
+    def info(uuid: str) -> DomainInfo:
+        return DomainInfo("web1", uuid, DomainState.SHUTOFF, 1, 128, None, "h")
+
+    async def scenario() -> list[str]:
+        backend = SimBackend.from_config({"domains": []}, str(tmp_path / "state"))
+        manager = ConsoleManager(
+            backend,
+            str(tmp_path),
+            ring_bytes=4096,
+            log_bytes=64,
+            log_files=4,
+            queue_bytes=4096,
+            on_detach=lambda attachment, reason: None,
+        )
+        derived = manager.hub_for(info("11111111-1111-4111-8111-111111111111"))
+        by_hand = manager.hub_for(info("22222222-2222-4222-8222-222222222222"))
+        for index in range(24):  # the log rotates on the way
+            (derived if index % 2 else by_hand)._output(f"boot {index:02d}\r\n".encode())
+        await manager.stop()
+        return by_hand.log.tail(24)
+
+    assert asyncio.run(scenario()) == [f"boot {index:02d}" for index in range(24)]

@@ -140,7 +140,6 @@ class ConsoleHub:
                 await self._task
         if self._stream is not None:
             await self._stream.close()
-        self.log.close()
 
     def wake(self) -> None:
         """The domain (re)started: try to open its console now."""
@@ -231,7 +230,11 @@ class ConsoleHub:
 
 
 class ConsoleManager:
-    """All hubs of the helper, keyed by domain UUID."""
+    """All hubs of the helper, keyed by domain UUID.
+
+    Console logs are kept per name, and hubs of one name share one: a name can belong to two
+    UUIDs over a helper's life (a Xen domain started by hand gets a UUID of its own), and two
+    writers of one file would garble it."""
 
     def __init__(
         self,
@@ -251,13 +254,17 @@ class ConsoleManager:
         self.log_files = log_files
         self.queue_bytes = queue_bytes
         self.hubs: dict[str, ConsoleHub] = {}
+        self.logs: dict[str, ConsoleLog] = {}
         self._on_detach = on_detach
         backend.subscribe(self._on_event)
 
     def hub_for(self, info: DomainInfo) -> ConsoleHub:
         hub = self.hubs.get(info.uuid)
         if hub is None:
-            console_log = ConsoleLog(self.log_dir, info.name, self.log_bytes, self.log_files)
+            console_log = self.logs.get(info.name)
+            if console_log is None:
+                console_log = ConsoleLog(self.log_dir, info.name, self.log_bytes, self.log_files)
+                self.logs[info.name] = console_log
             hub = ConsoleHub(self.backend, info, console_log, self.ring_bytes, self._on_detach)
             self.hubs[info.uuid] = hub
             hub.start()
@@ -271,6 +278,8 @@ class ConsoleManager:
     async def stop(self) -> None:
         for hub in list(self.hubs.values()):
             await hub.stop()
+        for console_log in self.logs.values():
+            console_log.close()
 
     def new_attachment(self, caller: Caller, mode: str) -> Attachment:
         return Attachment(caller, mode, self.queue_bytes)
