@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import sys
 import threading
@@ -266,16 +267,34 @@ async def run_check(name: str, config_dir: str) -> None:
             await subject.backend.close()
 
 
+class RecentLog(logging.Handler):
+    """The backend's log lines of the current check: a failure shows them with its traceback
+    (what xl said is logged, not raised)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines = [*self.lines[-29:], f"{record.levelname} {record.getMessage()}"]
+
+
 def main(argv: list[str]) -> int:
     config_dir, names = argv[0], argv[1:] or list(CHECKS)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    recent = RecentLog()
+    logging.getLogger("vpsshell").addHandler(recent)
     failed = 0
     for name in names:
         began = time.monotonic()
         error = ""
+        recent.lines = []
+        logging.info("== %s", name)
         try:
             asyncio.run(run_check(name, config_dir))
         except BaseException:
             error = traceback.format_exc()[-3000:]
+            error += "\nbackend log of this check:\n" + "\n".join(recent.lines)
             failed += 1
         result = {"check": name, "ok": not error, "error": error}
         result["seconds"] = round(time.monotonic() - began, 1)

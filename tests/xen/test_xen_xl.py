@@ -269,3 +269,52 @@ def test_create_refuses_a_uuid_that_is_not_one(uuid: object) -> None:
 def test_xl_must_be_an_absolute_path() -> None:
     with pytest.raises(ValueError):
         XlCommands("xl")
+
+
+# -- a failing xl ---------------------------------------------------------------------------
+
+
+def _xl_script(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "xl"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_list_that_fails_once_is_tried_again(tmp_path: Path) -> None:
+    """Seen in the lab: ``xl list -v`` fails now and then while another domain is being built
+    or torn down; a status request must not fail for that."""
+    import asyncio
+
+    from vpsshell.backends.xen import XenBackend
+
+    listing = tmp_path / "listing"
+    listing.write_text(fixture("list-v-running.txt"))
+    marker = tmp_path / "failed-once"
+    xl = _xl_script(
+        tmp_path,
+        f'if [ ! -e {marker} ]; then touch {marker}; echo "libxl: error: gone" >&2; exit 1; fi\n'
+        f"cat {listing}\n",
+    )
+    backend = XenBackend.from_config(
+        {"type": "xen", "xl": xl, "domain_config_dir": str(tmp_path)}, str(tmp_path)
+    )
+    result = asyncio.run(backend._list_verbose())
+    assert result.stdout == listing.read_text()
+    assert marker.exists()
+
+
+def test_a_list_that_keeps_failing_is_a_temporary_failure(tmp_path: Path) -> None:
+    import asyncio
+
+    from vpsshell.backends.xen import XenBackend
+    from vpsshell.errors import TemporaryFailure
+
+    calls = tmp_path / "calls"
+    xl = _xl_script(tmp_path, f"echo x >> {calls}\nexit 1\n")
+    backend = XenBackend.from_config(
+        {"type": "xen", "xl": xl, "domain_config_dir": str(tmp_path)}, str(tmp_path)
+    )
+    with pytest.raises(TemporaryFailure, match="not answering"):
+        asyncio.run(backend._list_verbose())
+    assert calls.read_text().count("x") == 3  # tried three times, then gave up

@@ -58,6 +58,7 @@ from vpsshell.backends.xen_xl import (
     XlCommands,
     XlError,
     XlParseError,
+    XlResult,
     config_file_uuid,
     domain_state,
     parse_dry_run,
@@ -80,6 +81,8 @@ PERIODIC_SCAN_SECONDS = 60.0  # safety net for anything a watch did not report
 CONSOLE_TTY_WAIT_SECONDS = 10.0  # xenconsoled publishes the pty shortly after the domain
 POWEROFF_SETTLE_SECONDS = 5.0  # xl destroy returns; the domain may be listed dying a moment
 CONFIG_FILE_MAX_BYTES = 1 << 20
+LIST_TRIES = 3  # xl list -v that fails fast is tried again (see _list_verbose)
+LIST_RETRY_SECONDS = 0.3
 LONG_LIST_TRIES = 3  # a domain missing from xl list -l (shutting down) is not asked for forever
 _UP = frozenset(
     {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
@@ -446,12 +449,7 @@ class XenBackend(Backend):
     async def _scan(self) -> _Snapshot:
         loop = asyncio.get_running_loop()
         taken, generation = loop.time(), self._generation
-        try:
-            verbose = await run_xl(self.xl.list_verbose(), self.config.timeout_seconds)
-        except XlError as exc:
-            self._report_once("list", "xl list -v failed: %s: %s", exc, _tail(exc.stderr))
-            raise TemporaryFailure("the Xen toolstack (xl) is not answering; try again") from None
-        self._reported.discard("list")
+        verbose = await self._list_verbose()
         parsed, bad = parse_list_verbose(verbose.stdout)
         for line in bad:
             self._report_once(f"bad:{line}", "cannot read this line of xl list -v: %r", line)
@@ -475,6 +473,26 @@ class XenBackend(Backend):
             self._emit_change(change)
         self._arm_deadline()
         return snap
+
+    async def _list_verbose(self) -> XlResult:
+        """``xl list -v``, tried again a moment later when it fails fast: seen in the lab now
+        and then while another domain was being built or torn down."""
+        error = XlError("xl list -v was not run")
+        for attempt in range(1, LIST_TRIES + 1):
+            try:
+                result = await run_xl(self.xl.list_verbose(), self.config.timeout_seconds)
+            except XlError as exc:
+                error = exc
+                if exc.timed_out:
+                    break
+                logger.info("xl list -v failed (%s: %s)", exc, _tail(exc.stderr))
+                if attempt < LIST_TRIES:
+                    await asyncio.sleep(LIST_RETRY_SECONDS * attempt)
+            else:
+                self._reported.discard("list")
+                return result
+        self._report_once("list", "xl list -v failed: %s: %s", error, _tail(error.stderr))
+        raise TemporaryFailure("the Xen toolstack (xl) is not answering; try again")
 
     async def _learn_domains(self, rows: dict[str, VerboseRow]) -> None:
         """Facts (``xl list -l``) and start times (XenStore) of domain ids not seen before."""
