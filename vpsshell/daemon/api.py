@@ -22,6 +22,7 @@ from vpsshell.backends.base import Backend, DomainInfo, DomainState
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.consoles import Attachment, ConsoleManager
+from vpsshell.daemon.events import TENANT_KINDS, Event, EventRecord
 from vpsshell.daemon.peer import Caller, resolve_caller
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.server import SESSION_KEY
@@ -72,7 +73,7 @@ Handler = Callable[["TenantApi", Request, Target | None], Awaitable[Any]]
 class Operation(NamedTuple):
     name: str
     action: str | None  # policy action, None for operations that need no domain
-    domain: str  # none | required
+    domain: str  # none | optional | required
     sanitize_args: Callable[[dict[str, Any], Limits], dict[str, Any]]
     handler: Handler
 
@@ -157,9 +158,11 @@ class TenantApi:
         audit: AuditLog,
         limits: Limits,
         consoles: ConsoleManager,
+        events: EventRecord,
         pam_service: str = "",
     ) -> None:
         self.consoles = consoles
+        self.events = events
         self.pam_service = pam_service
         self._password_failures: dict[int, tuple[int, float]] = {}
         self.backend = backend
@@ -231,6 +234,13 @@ class TenantApi:
         finally:
             audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
             self.audit.write(**audit)
+            if audit["decision"] == "deny":
+                self.events.record(
+                    "denied",
+                    domain=audit["domain"],
+                    user=caller.user,
+                    detail=f"{audit['action']}: {audit.get('reason') or 'denied'}",
+                )
 
     def _sanitize(
         self,
@@ -256,8 +266,10 @@ class TenantApi:
         if not isinstance(untrusted_args, dict):
             raise UsageError("args must be an object")
         domain: str | None = None
-        if operation.domain == "required":
-            untrusted_domain = untrusted_args.get("domain")
+        untrusted_domain = untrusted_args.get("domain")
+        if operation.domain == "required" or (
+            operation.domain == "optional" and untrusted_domain is not None
+        ):
             if not isinstance(untrusted_domain, str) or not DOMAIN_NAME_RE.match(untrusted_domain):
                 audit["domain"] = repr(untrusted_domain)[:80]
                 raise UsageError("invalid domain name")
@@ -375,6 +387,9 @@ class TenantApi:
             return False
         action = "console" if attachment.mode == "write" else "watch"
         return self.decide(fresh, action, domain).allowed
+
+    def may_see_events(self, caller: Caller, domain: str) -> bool:
+        return self.decide(caller, "events", domain).allowed
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
         lock = self._locks.get(uuid)
@@ -518,8 +533,14 @@ async def _attach(api: TenantApi, request: Request, target: Target | None, mode:
     hub = api.consoles.hub_for(target.info)
     attachment = api.consoles.new_attachment(request.caller, mode)
     takeover = bool(request.args.get("takeover")) and mode == "write"
+    displaced = hub.writer if takeover else None
     hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
     request.audit["console"] = {"mode": mode, "takeover": takeover, "attachment": attachment.id}
+    user, name, uuid = request.caller.user, target.info.name, target.info.uuid
+    if displaced is not None:
+        detail = f"from {displaced.caller.user}"
+        api.events.record("console-takeover", domain=name, uuid=uuid, user=user, detail=detail)
+    api.events.record("console-attached", domain=name, uuid=uuid, user=user, detail=mode)
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await run_console_session(attachment, hub, reader, writer)
@@ -582,4 +603,91 @@ async def op_sysrq(api: TenantApi, request: Request, target: Target | None) -> A
         await api.backend.sysrq(uuid, key)
 
     result = await _power_action(api, target, send, f"sent SysRq {key}")
+    return result
+
+
+EVENTS_DEFAULT_LINES = 100
+EVENTS_MAX_LINES = 10000
+
+
+def _events_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    _refuse_unknown(untrusted, {"domain", "follow", "lines"})
+    follow = untrusted.get("follow", False)
+    if not isinstance(follow, bool):
+        raise UsageError("follow: expected true or false")
+    lines = untrusted.get("lines", EVENTS_DEFAULT_LINES)
+    if isinstance(lines, bool) or not isinstance(lines, int) or not 0 <= lines <= EVENTS_MAX_LINES:
+        raise UsageError(f"lines: expected 0..{EVENTS_MAX_LINES}")
+    return {"follow": follow, "lines": lines}
+
+
+class EventFilter:
+    """Which events a tenant's ``events`` request shows, decided per event when it is sent.
+
+    With a domain, the events of that domain while the caller may still ``events`` it (once
+    not, ``revoked`` is True and the session ends). Without, the events of every domain the
+    caller may ``events`` at that moment. Either way only the kinds tenants see. The caller's
+    groups are looked up anew for every batch (``refresh``), as for any other decision."""
+
+    def __init__(self, api: TenantApi, caller: Caller, domain: str | None) -> None:
+        self.api = api
+        self.caller: Caller | None = caller
+        self.domain = domain
+        self.revoked = False
+
+    def refresh(self) -> None:
+        caller = self.caller
+        if caller is not None:
+            self.caller = resolve_caller(caller.pid, caller.uid, caller.gid)
+        if self.domain is not None and not self.allows(self.domain):
+            self.revoked = True
+
+    def allows(self, domain: str) -> bool:
+        return self.caller is not None and self.api.may_see_events(self.caller, domain)
+
+    def shows(self, event: Event) -> bool:
+        if self.revoked or event.kind not in TENANT_KINDS or event.domain is None:
+            return False
+        if self.domain is not None:
+            return event.domain == self.domain
+        return self.allows(event.domain)
+
+
+@operation("events", action="events", domain="optional", args=_events_args)
+async def op_events(api: TenantApi, request: Request, target: Target | None) -> Any:
+    """The kept events of the caller's domains; with ``follow`` the connection then carries
+    new ones as they happen (see ``events_session``)."""
+    from vpsshell.daemon.events_session import run_events_session
+
+    domain = target.info.name if target is not None else None
+    shown = EventFilter(api, request.caller, domain)
+    # no await from here on: the history and the follower see every event exactly once
+    names = [domain] if domain is not None else api.events.domains()
+    history = [e for e in api.events.history(names) if shown.shows(e)]
+    lines: int = request.args["lines"]
+    history = history[-lines:] if lines else []
+    budget, kept = LOG_REPLY_BUDGET, []
+    for event in reversed(history):
+        record = event.to_json()
+        budget -= len(json.dumps(record)) + 1
+        if budget < 0:
+            break
+        kept.append(record)
+    kept.reverse()
+    follow: bool = request.args["follow"]
+    request.audit["follow"] = follow
+    request.audit["events"] = len(kept)
+    result: dict[str, Any] = {
+        "domain": domain,
+        "events": kept,
+        "truncated": len(kept) < len(history),
+        "follow": follow,
+    }
+    if follow:
+        follower = api.events.follow()
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await run_events_session(follower, shown, reader, writer)
+
+        result[SESSION_KEY] = session
     return result

@@ -1,5 +1,6 @@
-"""Assembling a running helper from its config: audit log, backend, consoles, policy, APIs and
-listening sockets, wired together in one place and stopped in reverse order.
+"""Assembling a running helper from its config: audit log, backend, event record and hooks,
+consoles, policy, APIs and listening sockets, wired together in one place and stopped in
+reverse order.
 
 ``vpsshelld`` uses it; so does the console benchmark, which must measure the same wiring.
 """
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.config import DaemonConfig
     from vpsshell.daemon.consoles import ConsoleManager
+    from vpsshell.daemon.events import EventRecord
+    from vpsshell.daemon.hooks import HookRunner
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener
     from vpsshell.policy import Policy
@@ -35,9 +38,13 @@ class RunningHelper:
         audit: AuditLog,
         policy: PolicyState,
         consoles: ConsoleManager,
+        events: EventRecord,
+        hooks: HookRunner,
         tenant: Listener,
         admin: Listener,
     ) -> None:
+        self.events = events
+        self.hooks = hooks
         self.backend = backend
         self.audit = audit
         self.policy = policy
@@ -49,6 +56,8 @@ class RunningHelper:
         await self.tenant.stop()
         await self.admin.stop()
         await self.consoles.stop()
+        self.events.close()
+        await self.hooks.stop()  # a running hook gets a moment, then is killed
         await self.backend.close()
         self.audit.close()
 
@@ -61,6 +70,8 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.consoles import Attachment, ConsoleManager
+    from vpsshell.daemon.events import EventRecord
+    from vpsshell.daemon.hooks import HookRunner
     from vpsshell.daemon.peer import Caller
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener, bind_socket
@@ -71,6 +82,13 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     await backend.open()
 
     limits = config.limits
+    events = EventRecord(limits.events_history, limits.events_follower_queue)
+    events.subscribe_backend(backend)
+    hooks = HookRunner(
+        config.hooks_dir, timeout=limits.hook_timeout_seconds, queue_limit=limits.hook_queue_events
+    )
+    events.add_listener(hooks.submit)
+    hooks.start()
 
     def on_detach(attachment: Attachment, reason: str) -> None:
         audit.write(
@@ -84,6 +102,14 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             mode=attachment.mode,
             attachment=attachment.id,
             seconds=round(time.time() - attachment.since, 1),
+        )
+        hub = attachment.hub
+        events.record(
+            "console-detached",
+            domain=hub.name if hub else None,
+            uuid=hub.uuid if hub else None,
+            user=attachment.caller.user,
+            detail=reason,
         )
 
     consoles = ConsoleManager(
@@ -104,10 +130,15 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             result="broken" if errors else "ok",
             message="; ".join(str(e) for e in errors)[:500] or None,
         )
+        events.record(
+            "policy-reloaded",
+            domain=None,
+            detail=f"broken: {errors[0]}" if errors else f"ok: {len(policy.rules)} rule(s)",
+        )
         consoles.revoke(tenant_api.still_attached_allowed)
 
     policy = PolicyState(config.policy_dir)
-    tenant_api = TenantApi(backend, policy, audit, limits, consoles, config.pam_service)
+    tenant_api = TenantApi(backend, policy, audit, limits, consoles, events, config.pam_service)
 
     async def admit(caller: Caller) -> str | None:
         if not config.pam_service:
@@ -147,4 +178,4 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     await tenant.start()
     await admin.start()
     log.info("vpsshelld %s listening on %s (backend %s)", __version__, config.socket, backend.kind)
-    return RunningHelper(backend, audit, policy, consoles, tenant, admin)
+    return RunningHelper(backend, audit, policy, consoles, events, hooks, tenant, admin)

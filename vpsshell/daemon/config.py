@@ -36,6 +36,10 @@ class Limits:
     console_log_bytes: int = 1024 * 1024  # per file; then rotated
     console_log_files: int = 4  # NAME.log plus NAME.log.1 .. .3
     console_client_queue_bytes: int = 1024 * 1024  # a viewer this far behind is dropped
+    events_history: int = 1000  # events kept in memory for ``events`` (all domains together)
+    events_follower_queue: int = 256  # an ``events --follow`` client this far behind is dropped
+    hook_timeout_seconds: float = 10.0  # then the hook's process group is killed
+    hook_queue_events: int = 1000  # events waiting for the hooks; more are dropped for hooks
 
 
 @dataclass(frozen=True)

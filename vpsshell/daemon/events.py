@@ -1,0 +1,202 @@
+"""The helper's event record: lifecycle events from the backend and the helper's own events.
+
+Every event gets a sequence number and a UTC time, is kept in a bounded in-memory history (for
+``events`` without ``--follow``) and is handed to listeners (the hook runner) and to followers
+(``events --follow`` sessions). Recording never waits: each follower has a bounded queue and a
+follower that falls behind is closed with a message; a listener that raises is logged and
+skipped. This module decides nothing about who may see an event: the tenant API filters at
+send time against the policy of that moment.
+
+The history is kept per domain under one total bound: when it is full, the oldest event of the
+domain with the most events goes, so a flood of events about one domain (a tenant attaching and
+detaching in a loop) cannot push another domain's events out. Events only hooks and admins see
+(``denied``, ``policy-reloaded``) are not kept at all: their domain names are whatever a tenant
+asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from vpsshell.backends.base import Backend, LifecycleEvent
+
+log = logging.getLogger("vpsshell.events")
+
+LIFECYCLE_KINDS = frozenset({"started", "stopped", "crashed", "rebooted", "shutdown", "migrated"})
+CONSOLE_KINDS = frozenset({"console-attached", "console-detached", "console-takeover"})
+TENANT_KINDS = LIFECYCLE_KINDS | CONSOLE_KINDS  # what a tenant's ``events`` may show
+ADMIN_KINDS = frozenset({"denied", "policy-reloaded"})  # hooks (and the helper log) only
+KINDS = TENANT_KINDS | ADMIN_KINDS
+MAX_DETAIL_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    time: str  # UTC, ISO 8601: 2026-11-28T00:40:01Z
+    kind: str
+    domain: str | None  # the domain's name; for ``denied`` the name the tenant asked for
+    uuid: str | None
+    detail: str
+    user: str | None  # who caused a helper event; None for backend events
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "kind": self.kind,
+            "domain": self.domain,
+            "uuid": self.uuid,
+            "detail": self.detail,
+            "user": self.user,
+        }
+
+
+Listener = Callable[[Event], None]
+
+
+class Follower:
+    """One ``--follow`` session's bounded queue of events, in order."""
+
+    def __init__(self, record: EventRecord, limit: int) -> None:
+        self._record = record
+        self.limit = limit
+        self._queue: deque[Event] = deque()
+        self._ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self.closed_reason: str | None = None
+        self.closed_text = ""
+
+    def offer(self, event: Event) -> None:
+        if self.closed_reason is not None:
+            return
+        if len(self._queue) >= self.limit:
+            self.close("too-slow", "your connection could not keep up with the events; stopped")
+            return
+        self._queue.append(event)
+        self._ready.set()
+
+    def close(self, reason: str, text: str) -> None:
+        """No more events; ``next_events`` returns what is queued, then nothing."""
+        if self.closed_reason is None:
+            self.closed_reason, self.closed_text = reason, text
+            self._record.unfollow(self)
+            self._ready.set()
+            self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def next_events(self) -> list[Event]:
+        """The queued events, waiting for at least one; ``[]`` once closed and drained."""
+        while not self._queue:
+            if self.closed_reason is not None:
+                return []
+            self._ready.clear()
+            await self._ready.wait()
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class EventRecord:
+    def __init__(self, history_limit: int, follower_queue: int) -> None:
+        self.history_limit = history_limit
+        self.follower_queue = follower_queue
+        self._seq = itertools.count(1)
+        self._by_domain: dict[str, deque[Event]] = {}
+        self._kept = 0
+        self._followers: list[Follower] = []
+        self._listeners: list[Listener] = []
+
+    def subscribe_backend(self, backend: Backend) -> None:
+        backend.subscribe(self._on_backend_event)
+
+    def _on_backend_event(self, event: LifecycleEvent) -> None:
+        if event.kind not in LIFECYCLE_KINDS:
+            log.warning("backend sent an event of unknown kind %r; not recorded", event.kind)
+            return
+        self.record(event.kind, domain=event.name, uuid=event.uuid, detail=event.detail)
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def record(
+        self,
+        kind: str,
+        *,
+        domain: str | None,
+        uuid: str | None = None,
+        detail: str = "",
+        user: str | None = None,
+    ) -> Event:
+        """Record one event now: history, followers, listeners. Never waits, never raises."""
+        assert kind in KINDS, kind
+        event = Event(
+            next(self._seq), utc_now(), kind, domain, uuid, detail[:MAX_DETAIL_CHARS], user
+        )
+        if kind not in LIFECYCLE_KINDS:  # backends log their own events
+            log.info(
+                "event: %s %s%s%s",
+                kind,
+                domain or "-",
+                f" by {user}" if user else "",
+                f" ({event.detail})" if event.detail else "",
+            )
+        if kind in TENANT_KINDS and domain is not None:
+            self._keep(event, domain)
+        for follower in list(self._followers):
+            follower.offer(event)
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed on %s", event)
+        return event
+
+    def _keep(self, event: Event, domain: str) -> None:
+        self._by_domain.setdefault(domain, deque()).append(event)
+        self._kept += 1
+        while self._kept > self.history_limit:
+            fullest = max(self._by_domain, key=lambda name: len(self._by_domain[name]))
+            queue = self._by_domain[fullest]
+            queue.popleft()
+            self._kept -= 1
+            if not queue:
+                del self._by_domain[fullest]
+
+    def history(self, domains: Iterable[str] | None = None) -> list[Event]:
+        """Kept events (of ``domains`` only, if given), oldest first."""
+        names = self._by_domain if domains is None else domains
+        events = [event for name in names for event in self._by_domain.get(name, ())]
+        events.sort(key=lambda event: event.seq)
+        return events
+
+    def domains(self) -> list[str]:
+        """Names of the domains with kept events."""
+        return list(self._by_domain)
+
+    def follow(self) -> Follower:
+        follower = Follower(self, self.follower_queue)
+        self._followers.append(follower)
+        return follower
+
+    def unfollow(self, follower: Follower) -> None:
+        if follower in self._followers:
+            self._followers.remove(follower)
+
+    def close(self) -> None:
+        """The helper is stopping: end every follower."""
+        for follower in list(self._followers):
+            follower.close("helper-stopping", "the vpsshell helper is stopping")

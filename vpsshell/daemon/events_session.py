@@ -1,0 +1,84 @@
+"""The ``events --follow`` half of a tenant connection, after its ``events`` request was allowed.
+
+The helper sends each event the caller may see as a ``{"event": "record"}`` message, decided
+when it is sent (``api.EventFilter``), and ends with ``{"event": "closed"}``. The client sends
+nothing but, optionally, ``{"op": "detach"}``; whatever else it sends is ignored, and its
+closing the connection ends the session. A client that stops reading is dropped once its
+follower queue is full; it never holds up the helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+from vpsshell import protocol
+from vpsshell.daemon.events import Follower
+
+if TYPE_CHECKING:
+    from vpsshell.daemon.api import EventFilter
+
+DRAIN_SECONDS = 2.0
+MAX_SESSION_SECONDS = 7 * 86400.0
+
+
+def _message(**fields: object) -> bytes:
+    return protocol.encode_message({"v": protocol.PROTOCOL_VERSION, **fields})
+
+
+async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.StreamWriter) -> None:
+    while events := await follower.next_events():
+        shown.refresh()
+        if shown.revoked:
+            follower.close("revoked", f"you may no longer see the events of {shown.domain}")
+            break
+        frames = [_message(event="record", record=e.to_json()) for e in events if shown.shows(e)]
+        if frames:
+            writer.write(b"".join(frames))
+            await writer.drain()
+    writer.write(_message(event="closed", reason=follower.closed_reason, text=follower.closed_text))
+    await writer.drain()
+
+
+async def _receive_loop(reader: asyncio.StreamReader) -> None:
+    """Returns when the client detaches, leaves or breaks the framing."""
+    while True:
+        try:
+            header = await reader.readexactly(protocol.HEADER.size)
+            _, length = protocol.parse_header(header)
+            payload = await asyncio.wait_for(reader.readexactly(length), 30.0)
+            untrusted = protocol.decode_message(payload)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, protocol.ProtocolError):
+            return
+        if untrusted.get("op") == "detach":
+            return
+
+
+async def run_events_session(
+    follower: Follower,
+    shown: EventFilter,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    sender = asyncio.create_task(_send_loop(follower, shown, writer))
+    receiver = asyncio.create_task(_receive_loop(reader))
+    closed = asyncio.create_task(follower.wait_closed())
+    try:
+        done, _ = await asyncio.wait(
+            {sender, receiver, closed},
+            timeout=MAX_SESSION_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if receiver in done:
+            follower.close("detached", "detached")
+        elif not done:
+            follower.close("time-limit", "events session time limit reached")
+        # the final "closed" message goes out unless the client has stopped reading
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, DRAIN_SECONDS)
+    finally:
+        follower.close("disconnected", "disconnected")
+        for task in (sender, receiver, closed):
+            task.cancel()
+        await asyncio.gather(sender, receiver, closed, return_exceptions=True)

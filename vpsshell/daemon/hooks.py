@@ -1,0 +1,284 @@
+"""Admin hooks: every executable in ``hooks_dir`` runs once per event, one at a time, in order.
+
+The request path never waits for a hook: events go into a bounded queue that one worker task
+drains, running the hooks of each event in name order. A full queue drops events for hooks
+(counted and logged; the audit log is not affected), and ``denied`` events are dropped once
+the queue is half full, so a tenant who provokes denials cannot crowd out lifecycle events.
+
+A hook is trusted code run as root, so only files that only root could have put there run: the
+directory and each file must be owned by root (or by the helper's own user, for an unprivileged
+helper) and not group- or world-writable; files must be regular (no symbolic links) and
+executable, named like ``run-parts`` names (no hidden files, editor backups or package manager
+leftovers). Anything skipped is logged once, with why. A hook gets no tenant string on its
+command line (argv is its absolute path), no shell, a fixed environment, the event as JSON on
+stdin, ``/`` as working directory and a session of its own, whose whole process group is
+killed at the timeout. See vpsshelld(8), "HOOKS".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import stat
+
+from vpsshell.daemon.events import Event
+
+log = logging.getLogger("vpsshell.hooks")
+
+HOOK_NAME_RE = re.compile(r"[0-9A-Za-z_][0-9A-Za-z_.-]*\Z")
+# run-parts' and package managers' leftovers: never run, even when they are executable
+SKIPPED_SUFFIXES = re.compile(r".*(\.dpkg-[a-z]+|\.rpm[a-z]*|\.ucf-[a-z]+|\.bak|\.orig|~)\Z")
+HOOK_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+OUTPUT_BYTES = 4096  # of each of stdout and stderr, into the helper's log
+OUTPUT_DRAIN_SECONDS = 1.0  # after the hook ended: a child that kept its pipes is not waited for
+STOP_GRACE_SECONDS = 2.0
+
+
+def _inert(data: bytes) -> str:
+    text = data.decode("utf-8", errors="replace")
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
+def hook_environment(event: Event) -> dict[str, str]:
+    """Exactly the hook's environment: nothing of the helper's own leaks in."""
+    return {
+        "PATH": HOOK_PATH,
+        "LANG": "C.UTF-8",
+        "VPSSHELL_EVENT": event.kind,
+        "VPSSHELL_DOMAIN": event.domain or "",
+        "VPSSHELL_USER": event.user or "",
+        "VPSSHELL_UUID": event.uuid or "",
+    }
+
+
+def _unsafe_owner_or_mode(info: os.stat_result, trusted_uids: frozenset[int]) -> str | None:
+    if info.st_uid not in trusted_uids:
+        return f"owned by uid {info.st_uid}, not root"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"group- or world-writable (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def directory_problem(directory: str, trusted_uids: frozenset[int]) -> str | None:
+    """Why no hook in ``directory`` may run, or None."""
+    try:
+        info = os.lstat(directory)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    return _unsafe_owner_or_mode(info, trusted_uids)
+
+
+def skip_reason(name: str, info: os.stat_result, trusted_uids: frozenset[int]) -> str | None:
+    """Why the file ``name`` (``lstat`` result ``info``) in the hooks directory must not run."""
+    if not HOOK_NAME_RE.match(name):
+        return "name is not [0-9A-Za-z_][0-9A-Za-z_.-]* (hidden or odd file)"
+    if SKIPPED_SUFFIXES.match(name):
+        return "backup or package manager file"
+    if stat.S_ISLNK(info.st_mode):
+        return "symbolic link"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    problem = _unsafe_owner_or_mode(info, trusted_uids)
+    if problem:
+        return problem
+    if not info.st_mode & 0o111:
+        return "not executable"
+    return None
+
+
+class HookRunner:
+    def __init__(
+        self,
+        directory: str,
+        *,
+        timeout: float,
+        queue_limit: int,
+        trusted_uids: frozenset[int] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.timeout = timeout
+        self.queue_limit = queue_limit
+        self.trusted_uids = frozenset({0, os.geteuid()}) if trusted_uids is None else trusted_uids
+        self.dropped = 0
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._running: asyncio.subprocess.Process | None = None
+        self._reported: dict[str, str] = {}  # file (or "" for the directory) -> logged reason
+        self._stopping = False
+
+    # -- selection ------------------------------------------------------------------------------
+
+    def _report(self, key: str, message: str) -> None:
+        """Log ``message`` about ``key`` (a file name, "" for the directory) unless already."""
+        if self._reported.get(key) != message:
+            self._reported[key] = message
+            log.warning("hooks: %s", message)
+
+    def hooks(self) -> list[str]:
+        """Absolute paths of the hooks to run now, in name order; logs what it skips, once."""
+        problem = directory_problem(self.directory, self.trusted_uids)
+        if problem == "does not exist":
+            return []
+        if problem:
+            self._report("", f"{self.directory}: {problem}; no hook runs")
+            return []
+        self._reported.pop("", None)
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:
+            self._report("", f"{self.directory}: {exc.strerror}; no hook runs")
+            return []
+        paths = []
+        for name in names:
+            path = os.path.join(self.directory, name)
+            try:
+                reason = skip_reason(name, os.lstat(path), self.trusted_uids)
+            except OSError:
+                continue  # removed meanwhile
+            if reason:
+                self._report(name, f"{_inert(os.fsencode(path))}: {reason}; skipped")
+            else:
+                self._reported.pop(name, None)
+                paths.append(path)
+        for name in set(self._reported) - set(names) - {""}:
+            del self._reported[name]  # gone: if it comes back broken, say so again
+        return paths
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def submit(self, event: Event) -> None:
+        """Queue ``event`` for the hooks; never waits (an event listener)."""
+        if self._stopping:
+            return
+        size = self._queue.qsize()
+        if size >= self.queue_limit or (event.kind == "denied" and size >= self.queue_limit // 2):
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning(
+                    "hooks: queue full (%d events); %d event(s) dropped for hooks so far",
+                    size,
+                    self.dropped,
+                )
+            return
+        self._queue.put_nowait(event)
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work(), name="hooks")
+
+    async def _work(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                for path in self.hooks():
+                    await self.run_hook(path, event)
+            except Exception:
+                log.exception("hooks: running the hooks of %s failed", event)
+
+    async def stop(self) -> None:
+        """Helper shutdown: let a running hook finish briefly, then kill it; drop the rest."""
+        self._stopping = True
+        if self._worker is None:
+            return
+        process = self._running
+        if process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(process.wait()), STOP_GRACE_SECONDS)
+            _kill_group(process)
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        if self._queue.qsize():
+            log.warning("hooks: stopping; %d queued event(s) not run", self._queue.qsize())
+
+    # -- one hook -------------------------------------------------------------------------------
+
+    async def run_hook(self, path: str, event: Event) -> int | None:
+        """Run one hook for one event; returns its exit status (None if it was killed)."""
+        name = os.path.basename(path)
+        stdin = (json.dumps(event.to_json(), ensure_ascii=True, sort_keys=True) + "\n").encode()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                path,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=hook_environment(event),
+                cwd="/",
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.error("hooks: %s could not be started: %s", name, exc.strerror or exc)
+            return None
+        self._running = process
+        readers = [
+            asyncio.create_task(_read_bounded(stream))
+            for stream in (process.stdout, process.stderr)
+        ]
+        try:
+            await _feed(process, stdin)
+            try:
+                status: int | None = await asyncio.wait_for(process.wait(), self.timeout)
+            except TimeoutError:
+                _kill_group(process)
+                await process.wait()
+                status = None
+                log.error(
+                    "hooks: %s timed out after %g s on %s %s; killed",
+                    name,
+                    self.timeout,
+                    event.kind,
+                    event.domain or "-",
+                )
+            _kill_group(process)  # whatever it left behind in its group
+            done, pending = await asyncio.wait(readers, timeout=OUTPUT_DRAIN_SECONDS)
+            for task in pending:
+                task.cancel()
+            outputs = [task.result() if task in done else b"" for task in readers]
+        finally:
+            self._running = None
+            for task in readers:
+                task.cancel()
+        for label, data in zip(("stdout", "stderr"), outputs, strict=True):
+            if data:
+                log.info("hooks: %s %s: %s", name, label, _inert(data.rstrip(b"\n")))
+        if status:
+            log.warning("hooks: %s exited with status %d on %s", name, status, event.kind)
+        return status
+
+
+async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:
+    assert process.stdin is not None
+    try:
+        process.stdin.write(data)
+        await asyncio.wait_for(process.stdin.drain(), 5.0)
+    except (ConnectionError, TimeoutError):
+        pass  # a hook need not read its stdin
+    finally:
+        process.stdin.close()
+
+
+async def _read_bounded(stream: asyncio.StreamReader | None) -> bytes:
+    """The first ``OUTPUT_BYTES`` of ``stream``; the rest is read and discarded, so a chatty
+    hook never blocks on a full pipe."""
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < OUTPUT_BYTES:
+            kept += chunk[: OUTPUT_BYTES - len(kept)]
+    return bytes(kept)
+
+
+def _kill_group(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
