@@ -61,6 +61,26 @@ def decode_message(payload: bytes) -> dict[str, Any]:
     return message
 
 
+class FrameReader:
+    """Incremental frame decoder for a stream read in arbitrary chunks (console and events
+    sessions). Raises ``ProtocolError`` for a frame it must not read."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        self.buffer += data
+        frames = []
+        while len(self.buffer) >= HEADER.size:
+            frame_type, length = parse_header(bytes(self.buffer[: HEADER.size]))
+            end = HEADER.size + length
+            if len(self.buffer) < end:
+                break
+            frames.append((frame_type, bytes(self.buffer[HEADER.size : end])))
+            del self.buffer[:end]
+        return frames
+
+
 def request(request_id: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args}
 

@@ -51,3 +51,58 @@ def test_uptime_format() -> None:
     assert format_uptime(59) == "59s"
     assert format_uptime(61) == "1m 1s"
     assert format_uptime(90061) == "1d 1h"
+
+
+EVENTS = {
+    "domain": None,
+    "follow": False,
+    "truncated": False,
+    "events": [
+        {
+            "seq": 4,
+            "time": "2026-11-28T00:40:01Z",
+            "kind": "started",
+            "domain": "web1",
+            "uuid": "u",
+            "detail": "",
+            "user": None,
+        },
+        {
+            "seq": 9,
+            "time": "2026-11-28T00:41:17Z",
+            "kind": "console-detached",
+            "domain": "web1",
+            "uuid": "u",
+            "detail": "take\x1b[2Jover\u202e",
+            "user": "alice",
+        },
+    ],
+}
+
+
+def test_events_are_lines_with_time_domain_kind_user_detail_and_inert() -> None:
+    environment, out = env()
+    show(Output("events", EVENTS), environment)
+    assert out.getvalue().splitlines() == [
+        "2026-11-28 00:40:01  web1  started",
+        "2026-11-28 00:41:17  web1  console-detached  alice  (take\\x1b[2Jover\\u202e)",
+    ]
+
+
+def test_events_json_is_one_ascii_object_per_line() -> None:
+    environment, out = env()
+    show(Output("events", EVENTS), environment, as_json=True)
+    assert out.getvalue().isascii()
+    assert [json.loads(line) for line in out.getvalue().splitlines()] == EVENTS["events"]
+
+
+def test_no_events_says_so_except_in_json_and_a_cut_history_is_reported() -> None:
+    environment, out = env()
+    show(Output("events", {"events": [], "follow": False}), environment)
+    assert out.getvalue() == "no events\n"
+    environment, out = env()
+    show(Output("events", {"events": [], "follow": False}), environment, as_json=True)
+    assert out.getvalue() == ""
+    environment, out = env()
+    show(Output("events", {**EVENTS, "truncated": True}), environment)
+    assert "older events left out" in environment.stderr.getvalue()

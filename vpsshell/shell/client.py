@@ -41,7 +41,8 @@ class HelperClient:
         return sock
 
     def open_console(self, op: str, args: dict[str, Any]) -> tuple[Any, socket.socket]:
-        """Make a console request; on success the connection becomes the console session.
+        """Make a console (or ``events --follow``) request; on success the connection becomes
+        the session.
 
         Returns the reply's result and the socket, which now belongs to the caller (this
         client will open a new connection for any later request)."""

@@ -33,6 +33,8 @@ class Context(Protocol):
 
     def attach_console(self, op: str, args: dict[str, Any], mode: str) -> int: ...
 
+    def follow_events(self, args: dict[str, Any], *, as_json: bool) -> int: ...
+
 
 Handler = Callable[[Context, ParsedCommand], Output]
 
@@ -219,3 +221,27 @@ def cmd_sysrq(ctx: Context, parsed: ParsedCommand) -> Output:
     if len(key) != 1 or not (key.isdigit() or "a" <= key <= "z"):
         raise UsageError(f"sysrq: {key!r} is not a SysRq key (one of 0-9 or a-z)")
     return Output("action", ctx.call("sysrq", {"domain": parsed.domain, "key": key}))
+
+
+FOLLOW = Option("follow", FLAG, "keep showing new events until Ctrl-C")
+EVENT_LINES = Option(
+    "lines", COUNT, "how many past events (default 100; 0: none, with --follow)", max_value=10000
+)
+
+
+@command(
+    "events",
+    "lifecycle and console events of your domains",
+    domain="optional",
+    options=(FOLLOW, EVENT_LINES, JSON),
+)
+def cmd_events(ctx: Context, parsed: ParsedCommand) -> Output:
+    args: dict[str, Any] = {}
+    if parsed.domain is not None:
+        args["domain"] = parsed.domain
+    if "lines" in parsed.options:
+        args["lines"] = parsed.options["lines"]
+    if not parsed.options.get("follow"):
+        return Output("events", ctx.call("events", args))
+    args["follow"] = True
+    return Output("ended", ctx.follow_events(args, as_json=bool(parsed.options.get("json"))))

@@ -55,25 +55,6 @@ def _message(data: dict[str, Any]) -> bytes:
     return protocol.encode_message(data)
 
 
-class _FrameReader:
-    """Incremental frame decoder over a non-blocking socket."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self.buffer += data
-        frames = []
-        while len(self.buffer) >= protocol.HEADER.size:
-            frame_type, length = protocol.parse_header(bytes(self.buffer[: protocol.HEADER.size]))
-            end = protocol.HEADER.size + length
-            if len(self.buffer) < end:
-                break
-            frames.append((frame_type, bytes(self.buffer[protocol.HEADER.size : end])))
-            del self.buffer[:end]
-        return frames
-
-
 def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -> ExitCode:
     """Proxy the console until it ends; returns the exit code for how it ended."""
     stdin_fd = env.stdin.fileno()
@@ -91,7 +72,7 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
         signum: signal.signal(signum, _raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
     }
     selector = selectors.DefaultSelector()
-    reader = _FrameReader()
+    reader = protocol.FrameReader()
     code = ExitCode.UNAVAILABLE
     note = "the vpsshell helper closed the console"
     resize_pending = False

@@ -97,6 +97,9 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
     kind, data = output
     if kind == "exit":
         return
+    if kind == "events":
+        show_events(data, env, as_json=as_json)
+        return
     if as_json:
         env.stdout.write(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True) + "\n")
         return
@@ -133,6 +136,68 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             env.stdout.write(f"  {usage.ljust(width)}  {summary}\n")
     else:
         env.stdout.write(f"{inert(data)}\n")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+EVENT_COLOURS = {
+    "started": "green",
+    "stopped": "bright_black",
+    "crashed": "red",
+    "rebooted": "cyan",
+    "shutdown": "cyan",
+    "migrated": "yellow",
+}
+
+
+def event_cells(record: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """Time (UTC), domain, kind, user and detail of one event, inert."""
+    when = inert(record.get("time") or "?").replace("T", " ").removesuffix("Z")
+    detail = record.get("detail")
+    return (
+        when,
+        inert(record.get("domain") or "-"),
+        inert(record.get("kind") or "?"),
+        inert(record.get("user") or ""),
+        f"({inert(detail)})" if detail else "",
+    )
+
+
+def show_event(record: Any, env: Environment, *, as_json: bool = False) -> None:
+    """One event as a line: ``2026-11-28 00:40:01  web1  started  (detail)``, or JSON."""
+    if not isinstance(record, dict):
+        return
+    if as_json:
+        env.stdout.write(json.dumps(record, sort_keys=True, ensure_ascii=True) + "\n")
+        return
+    cells = event_cells(record)
+    if env.colour:
+        from rich.text import Text
+
+        line = Text(f"{cells[0]}  ")
+        line.append(cells[1], style="bold")
+        line.append("  ")
+        line.append(cells[2], style=EVENT_COLOURS.get(cells[2], ""))
+        for cell in cells[3:]:
+            if cell:
+                line.append(f"  {cell}")
+        _console(env).print(line, soft_wrap=True)
+        return
+    env.stdout.write("  ".join(cell for cell in cells if cell) + "\n")
+
+
+def show_events(data: Any, env: Environment, *, as_json: bool = False) -> None:
+    """The reply of ``events``: its events oldest first, JSON lines with ``as_json``."""
+    if not isinstance(data, dict):
+        data = {}
+    records = data.get("events")
+    records = records if isinstance(records, list) else []
+    if not records and not as_json and not data.get("follow"):
+        env.stdout.write("no events\n")
+    for record in records:
+        show_event(record, env, as_json=as_json)
+    if data.get("truncated"):
+        show_error("older events left out (more than fit in one reply; try --lines=N)", env)
 
 
 def show_error(message: str, env: Environment) -> None:

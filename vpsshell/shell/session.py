@@ -58,6 +58,12 @@ class Session:
         self.env.stdout.flush()
         return run_console(sock, self.env, str(result.get("domain")), mode)
 
+    def follow_events(self, args: dict[str, Any], *, as_json: bool) -> ExitCode:
+        """Show the events the helper sends until Ctrl-C or the end; returns the exit code."""
+        from vpsshell.shell.follow import run_follow
+
+        return run_follow(lambda: self.client.open_console("events", args), self.env, as_json)
+
     def close(self) -> None:
         self.client.close()
 
