@@ -128,12 +128,14 @@ class Helper:
         policy: str = DEFAULT_POLICY,
         extra_config: str = "",
         requests_per_minute: int = 100000,
+        extra_limits: str = "",
     ) -> None:
         self.root = root
         self.policy_dir = root / "policy.d"
         self.socket = root / "run" / "vpsshelld.sock"
         self.admin_socket = root / "run" / "admin.sock"
         self.audit_log = root / "audit.jsonl"
+        self.hooks_dir = root / "hooks.d"
         self.config = root / "vpsshelld.toml"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "helper.log"
@@ -151,11 +153,12 @@ class Helper:
             audit_log = "{self.audit_log}"
             state_dir = "{root / "state"}"
             console_log_dir = "{root / "console"}"
-            hooks_dir = "{root / "hooks.d"}"
+            hooks_dir = "{self.hooks_dir}"
             policy_poll_seconds = 0.2
             {extra_config}
             [limits]
             requests_per_minute = {requests_per_minute}
+            {extra_limits}
 
             [backend]
             type = "sim"
