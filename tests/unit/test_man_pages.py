@@ -91,3 +91,17 @@ def test_policy_page_spells_out_each_builtin_set() -> None:
         for word in match.group(1).split():
             listed |= BUILTIN_ACTION_SETS[word[1:]] if word.startswith("@") else {word}
         assert listed == members, f"@{name}: page says {sorted(listed)}"
+
+
+def test_every_helper_config_key_and_limit_is_in_vpsshelld_8_with_its_default() -> None:
+    from vpsshell.daemon.config import DaemonConfig, Limits
+
+    text = render("vpsshelld.8")
+    missing = [
+        f"{name} = {default:g}" if isinstance(default, float) else f"{name} = {default}"
+        for name, default in vars(Limits()).items()
+    ]
+    missing = [line for line in missing if line not in text]
+    keys = [name for name in DaemonConfig.__dataclass_fields__ if name != "source"]
+    missing += [name for name in keys if name not in text]
+    assert missing == []
