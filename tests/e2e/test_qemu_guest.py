@@ -13,6 +13,7 @@ started]``...) and as the helper's log lines (``event: kvm/NAME rebooted (reboot
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -282,6 +283,18 @@ def test_a_tenant_starts_uses_reboots_and_powers_off_a_real_guest(helper: Helper
         10,
         f"the helper's event log lines: {events_logged(helper)}",
     )
+    # the same events, and the console's, for the tenant
+    shown = run("vpst-alice", helper, f"events {GUEST} --json")
+    assert shown.code == 0, shown
+    events = [json.loads(line) for line in shown.out.splitlines()]
+    assert {e["domain"] for e in events} == {GUEST}
+    lifecycle = [(e["kind"], e["detail"]) for e in events if e["user"] is None]
+    assert lifecycle[-3:] == [("started", ""), ("rebooted", "reboot"), ("stopped", "destroyed")]
+    console = [(e["kind"], e["user"], e["detail"]) for e in events if e["user"] is not None]
+    assert console[-2:] == [
+        ("console-attached", "vpst-alice", "write"),
+        ("console-detached", "vpst-alice", "detached"),
+    ]
     print(f"boot to a shell prompt under TCG: {boot_seconds:.1f} s")
 
 

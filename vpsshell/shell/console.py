@@ -21,6 +21,7 @@ from vpsshell.errors import ExitCode
 from vpsshell.shell.environment import Environment
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
+# why the helper closed a console (or an ``events --follow``) session -> the exit code
 CLOSE_EXIT_CODES = {
     "detached": ExitCode.OK,
     "takeover": ExitCode.TEMPORARY,
@@ -32,12 +33,14 @@ CLOSE_EXIT_CODES = {
 }
 
 
-class _Hangup(Exception):
+class Hangup(Exception):
+    """SIGTERM or SIGHUP while a session runs: end it cleanly."""
+
     pass
 
 
-def _raise_hangup(signum: int, frame: FrameType | None) -> None:
-    raise _Hangup()
+def raise_hangup(signum: int, frame: FrameType | None) -> None:
+    raise Hangup()
 
 
 def _window_size(fd: int) -> tuple[int, int] | None:
@@ -69,7 +72,7 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
     env.stderr.write(f"{what} the console of {domain}. Press Ctrl-] to detach.\r\n")
     env.stderr.flush()
     previous = {
-        signum: signal.signal(signum, _raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
+        signum: signal.signal(signum, raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
     }
     selector = selectors.DefaultSelector()
     reader = protocol.FrameReader()
@@ -146,7 +149,7 @@ def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -
                             note = text
                             return code
                         _notice(stdout_fd, text)
-    except _Hangup:
+    except Hangup:
         code, note = ExitCode.OK, ""
         return code
     except (OSError, protocol.ProtocolError, ValueError) as exc:

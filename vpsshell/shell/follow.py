@@ -13,29 +13,13 @@ import select
 import signal
 import socket
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 from vpsshell import protocol
 from vpsshell.errors import ExitCode
 from vpsshell.shell import render
+from vpsshell.shell.console import CLOSE_EXIT_CODES, Hangup, raise_hangup
 from vpsshell.shell.environment import Environment
-
-CLOSE_EXIT_CODES = {
-    "detached": ExitCode.OK,
-    "revoked": ExitCode.DENIED,
-    "too-slow": ExitCode.TEMPORARY,
-    "time-limit": ExitCode.TEMPORARY,
-    "helper-stopping": ExitCode.UNAVAILABLE,
-}
-
-
-class _Hangup(Exception):
-    pass
-
-
-def _raise_hangup(signum: int, frame: FrameType | None) -> None:
-    raise _Hangup()
 
 
 def _stdout_gone(env: Environment) -> bool:
@@ -53,7 +37,7 @@ def run_follow(
     open_session: Callable[[], tuple[Any, socket.socket]], env: Environment, as_json: bool
 ) -> ExitCode:
     previous = {
-        signum: signal.signal(signum, _raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
+        signum: signal.signal(signum, raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
     }
     sock: socket.socket | None = None
     try:
@@ -61,7 +45,7 @@ def run_follow(
         render.show_events(result, env, as_json=as_json)
         env.stdout.flush()
         return _stream(sock, env, as_json)
-    except (KeyboardInterrupt, _Hangup):
+    except (KeyboardInterrupt, Hangup):
         return ExitCode.OK
     except BrokenPipeError:  # whoever read our output has gone
         return ExitCode.OK
