@@ -5,10 +5,13 @@ revoked while following, Ctrl-C, and one audit line per request."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from typing import Any
 
 import pexpect
+import pytest
 from harness import BIN, DEFAULT_POLICY, Helper, run, start_and_wait, wait_until
 
 
@@ -139,3 +142,44 @@ def test_follow_in_json_stops_showing_a_domain_whose_grant_is_revoked(helper: He
     assert "web1" not in (everything.before or "")
     everything.sendcontrol("c")
     assert finish(everything) == 0
+
+
+def test_follow_ends_when_nobody_reads_its_output(helper: Helper) -> None:
+    """``ssh host 'events --follow'`` without a pty: when the client goes, sshd's end of the
+    pipe closes; the follower must notice without waiting for the next event."""
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        ["runuser", "-u", "vpst-alice", "--", "env", "-i", f"VPSSHELL_SOCKET={helper.socket}"]
+        + [str(BIN / "vpsshell"), "-c", "events --follow"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    following(helper, "vpst-alice")
+    os.close(read_end)
+    assert process.wait(10) == 0
+    assert process.stderr is not None and process.stderr.read() == b""
+
+
+def test_malformed_events_requests_are_usage_errors(helper: Helper) -> None:
+    from vpsshell.errors import UsageError
+    from vpsshell.shell.client import HelperClient
+
+    client = HelperClient(str(helper.socket))
+    try:
+        for args in (
+            {"lines": -1},
+            {"lines": 10001},
+            {"lines": True},
+            {"follow": "yes"},
+            {"domain": "-rf"},
+            {"domain": 7},
+            {"user": "vpst-alice"},
+        ):
+            with pytest.raises(UsageError):
+                client.call("events", args)
+    finally:
+        client.close()
+    audited = [line for line in helper.audit() if line["action"] == "events"]
+    assert [line["result"] for line in audited] == ["usage"] * 7
