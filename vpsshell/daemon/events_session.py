@@ -14,7 +14,7 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from vpsshell import protocol
-from vpsshell.daemon.events import Follower
+from vpsshell.daemon.events import TENANT_KINDS, Follower
 
 if TYPE_CHECKING:
     from vpsshell.daemon.api import EventFilter
@@ -29,6 +29,8 @@ def _message(**fields: object) -> bytes:
 
 async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.StreamWriter) -> None:
     while events := await follower.next_events():
+        if not any(e.kind in TENANT_KINDS or e.kind == "policy-reloaded" for e in events):
+            continue  # nothing this follower could show, and no grant that could have changed
         shown.refresh()
         if shown.revoked:
             follower.close("revoked", f"you may no longer see the events of {shown.domain}")
