@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 69  # EX_UNAVAILABLE: the helper is unreachable
     TEMPORARY = 75  # EX_TEMPFAIL: rate-limited, busy, timed out
     DENIED = 77  # EX_NOPERM: denied, or no such domain
+    INTERRUPTED = 130  # Ctrl-C during a command (128 + SIGINT, as shells report it)
 
 
 class VpsError(Exception):

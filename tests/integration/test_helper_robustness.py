@@ -186,3 +186,43 @@ def test_client_leaving_a_long_wait_is_audited_as_cancelled(helper: Helper) -> N
     )
     assert cancelled[-1]["result"] == "cancelled"
     assert run("vpst-alice", helper, "poweroff stubborn").code == 0  # lock released
+
+
+def test_ctrl_c_during_a_wait_exits_130_without_a_traceback(helper: Helper) -> None:
+    """``ssh -t host 'shutdown stubborn --wait=60'`` and Ctrl-C: one line, exit 130; the
+    shutdown that was asked for goes on."""
+    import os
+    import pwd
+    import signal
+
+    from harness import BIN
+
+    start_and_wait(helper, "vpst-alice", "stubborn")  # takes 600 s to shut down
+    account = pwd.getpwnam("vpst-alice")
+    waiting = subprocess.Popen(
+        [str(BIN / "vpsshell"), "-c", "shutdown stubborn --wait=60"],
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "VPSSHELL_SOCKET": str(helper.socket)},
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(
+        lambda: (
+            run("vpst-alice", helper, "status stubborn --json").json()["state"] == "shutting-down"
+        ),
+        20,
+        "the shutdown requested",
+    )
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=20)
+    assert waiting.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1] == "vpsshell: interrupted", err
+    assert "Traceback" not in err
+    assert run("vpst-alice", helper, "status stubborn --json").json()["state"] == "shutting-down"
+    wait_until(lambda: [e for e in helper.audit() if e.get("result") == "cancelled"], 20, "audited")
+    assert run("vpst-alice", helper, "poweroff stubborn").code == 0

@@ -16,7 +16,13 @@ from vpsshell.shell.session import Session, execute_line
 def run_oneshot(line: str, env: Environment) -> ExitCode:
     session = Session(paths.client_socket_path(), env, interactive=False)
     try:
-        code, _ = execute_line(line, session)
+        try:
+            code, _ = execute_line(line, session)
+        except KeyboardInterrupt:
+            # Ctrl-C under `ssh -t`: no traceback; the helper sees the client leave, and an
+            # action it already started goes on (a --wait stops waiting, nothing more)
+            env.stderr.write("vpsshell: interrupted\n")
+            return ExitCode.INTERRUPTED
         if code == ExitCode.USAGE:
             try:
                 session.client.call("refused", {"line": line[:1024]}, timeout=5.0)
