@@ -91,3 +91,36 @@ def test_repeated_wrong_passwords_lock_out(confirming: Helper) -> None:
     again.expect("too many wrong passwords")  # locked: not even asked
     again.expect(pexpect.EOF)
     assert run("vpst-carol", confirming, "status web3 --json").json()["state"] == "running"
+
+
+def test_confirm_password_guards_the_console_too(confirming: Helper) -> None:
+    """A console session is an action like any other: with confirm=password it asks, then
+    attaches (it used to end with 77 without asking)."""
+    confirming.write_policy(
+        "10-tenants.policy",
+        CONFIRM_POLICY + "allow user:vpst-carol console web3 confirm=password\n",
+    )
+    confirming.admin("reload")
+    session = pexpect.spawn(
+        "runuser",
+        [
+            "-u",
+            "vpst-carol",
+            "--",
+            "env",
+            f"VPSSHELL_SOCKET={confirming.socket}",
+            str(BIN / "vpsshell"),
+            "-c",
+            "console web3",
+        ],
+        timeout=20,
+    )
+    session.expect("needs your password. Password: ")
+    session.sendline(PASSWORD)
+    session.expect("Connected to the console of web3")
+    session.sendcontrol("]")
+    session.expect(pexpect.EOF)
+    session.close()
+    assert session.exitstatus == 0
+    consoles = [e for e in confirming.audit() if e.get("action") == "console"]
+    assert consoles[-1].get("confirmed") is True

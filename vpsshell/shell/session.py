@@ -6,13 +6,16 @@ every ``VpsError`` becomes one line on stderr and its exit code; nothing becomes
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from vpsshell.errors import ConfirmRequired, ExitCode, VpsError
 from vpsshell.shell import render
 from vpsshell.shell.commands import HANDLERS, VERBS
 from vpsshell.shell.environment import Environment
 from vpsshell.shell.grammar import parse
+
+T = TypeVar("T")
 
 
 class Session:
@@ -30,10 +33,16 @@ class Session:
         def progress(text: str) -> None:
             render.show_progress(text, self.env)
 
+        return self._confirming(
+            lambda a: self.client.call(op, a, timeout=timeout, on_progress=progress), args
+        )
+
+    def _confirming(self, send: Callable[[dict[str, Any]], T], args: dict[str, Any]) -> T:
+        """``send(args)``; when the policy says confirm=password, ask (no echo) and send again
+        with the password. The helper counts failures and locks out."""
         try:
-            return self.client.call(op, args, timeout=timeout, on_progress=progress)
+            return send(args)
         except ConfirmRequired as exc:
-            # confirm=password in the policy: ask (no echo) and retry; the helper counts failures
             if not self.env.stdin_isatty:
                 raise ConfirmRequired(f"{exc.message} (run it on a terminal: ssh -t)") from None
             import getpass
@@ -44,9 +53,7 @@ class Session:
                 except (EOFError, KeyboardInterrupt):
                     raise ConfirmRequired("cancelled") from None
                 try:
-                    return self.client.call(
-                        op, {**args, "password": password}, timeout=timeout, on_progress=progress
-                    )
+                    return send({**args, "password": password})
                 except ConfirmRequired as again:
                     exc = again
 
@@ -54,7 +61,7 @@ class Session:
         """Turn this terminal into the domain's console until detach; returns the exit code."""
         from vpsshell.shell.console import run_console
 
-        result, sock = self.client.open_console(op, args)
+        result, sock = self._confirming(lambda a: self.client.open_console(op, a), args)
         self.env.stdout.flush()
         return run_console(sock, self.env, str(result.get("domain")), mode)
 
@@ -62,7 +69,11 @@ class Session:
         """Show the events the helper sends until Ctrl-C or the end; returns the exit code."""
         from vpsshell.shell.follow import run_follow
 
-        return run_follow(lambda: self.client.open_console("events", args), self.env, as_json)
+        return run_follow(
+            lambda: self._confirming(lambda a: self.client.open_console("events", a), args),
+            self.env,
+            as_json,
+        )
 
     def close(self) -> None:
         self.client.close()
