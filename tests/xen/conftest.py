@@ -36,12 +36,14 @@ from labkit import (
     SHARE,
     SKIP_REASON,
     TIMINGS,
+    XEN_OPTION,
     Lab,
     _install,
     _lab_command,
     _setup,
     _ssh_args,
     _timed,
+    lab_script,
 )
 
 
@@ -80,9 +82,9 @@ def xenlab() -> Iterator[Lab]:
         pytest.skip(SKIP_REASON)
     if os.geteuid() != 0:
         pytest.skip("the Xen lab needs root (debootstrap, QEMU, its own packages)")
-    script = LAB_DIR / "build-and-boot.sh"
-    if not script.exists():
-        pytest.fail(f"no lab script at {script} (set VPSSHELL_XENLAB_DIR)")
+    if not (LAB_DIR / "build-and-boot.sh").exists():
+        pytest.fail(f"no lab script in {LAB_DIR} (set VPSSHELL_XENLAB_DIR)")
+    script = lab_script(SHARE)
     token = secrets.token_hex(8)
 
     def wheels() -> None:
@@ -120,6 +122,8 @@ def xenlab() -> Iterator[Lab]:
         _timed("lab boot (QEMU to dom0 ssh)", lambda: _lab_command(script, "boot", env=env))
     try:
         assert lab.run("cat /mnt/host/token").out.strip() == token
+        commandline = lab.run("xl info | grep '^xen_commandline'").out
+        assert XEN_OPTION in commandline.split(), commandline
         _timed("install vpsshell[xen] into dom0", lambda: _install(lab))
         _timed("dom0 setup (users, config, policy)", lambda: _setup(lab))
         yield lab

@@ -101,6 +101,8 @@ def test_01_list_shows_each_tenant_only_their_domains(lab: Lab) -> None:
         "console web1",
         "console web1 --watch",
         "log web1",
+        "events web1",
+        "events web1 --follow",
     ],
 )
 def test_02_a_non_owner_is_refused_every_action(lab: Lab, line: str) -> None:
@@ -117,9 +119,25 @@ def test_02_a_viewer_may_look_but_not_act_and_strangers_learn_nothing(lab: Lab) 
     assert missing.code == 77 and "nosuch: no such domain or permission denied" in missing.err
 
 
+def follow_events(lab: Lab) -> pexpect.spawn:
+    """``ssh host 'events web1 --follow'`` as the owner, over the lab's ssh."""
+    return pexpect.spawn(
+        lab.ssh[0],
+        [*lab.ssh[1:], "-tt", "root@127.0.0.1", lab.tenant_argv(OWNER, "events web1 --follow")],
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=BOOT_SECONDS,
+    )
+
+
 def test_03_start_runs_the_guest_with_uptime(lab: Lab) -> None:
-    started = lab.vpsshell(OWNER, "start web1")
-    assert started.code == 0, started
+    follower = follow_events(lab)  # the history, then live events: none missed either way
+    try:
+        started = lab.vpsshell(OWNER, "start web1")
+        assert started.code == 0, started
+        follower.expect(r"web1\s+started")
+    finally:
+        follower.close(force=True)
     info = wait_state(lab, "running")
     assert (info["vcpus"], info["memory_mib"], info["host"]) == (1, 128, "xenlab")
     first = info["uptime_seconds"]
@@ -206,3 +224,25 @@ def test_08_every_request_is_audited_with_its_decision(lab: Lab) -> None:
         r.get("action") for r in records if r.get("user") == OWNER and r["decision"] == "allow"
     }
     assert {"start", "reboot", "reset", "sysrq", "shutdown", "poweroff", "console"} <= alice
+
+
+def test_09_the_owner_sees_every_event_of_the_run(lab: Lab) -> None:
+    """What happened to web1 in this run, as its owner reads it with ``events``."""
+    result = lab.vpsshell(OWNER, "events web1 --json --lines=1000")
+    assert result.code == 0, result
+    records = [json.loads(line) for line in result.out.splitlines() if line.startswith("{")]
+    seen = [(r["kind"], r.get("detail") or "") for r in records]
+    expected = [
+        ("started", ""),
+        ("console-attached", "write"),
+        ("rebooted", "reboot"),
+        ("rebooted", "reset"),
+        ("stopped", "shutdown"),
+        ("started", ""),
+        ("stopped", "destroyed"),
+    ]
+    remaining = iter(seen)
+    missing = [step for step in expected if step not in remaining]  # in this order
+    assert not missing, f"missing {missing} from {seen}"
+    assert {r["domain"] for r in records} == {"web1"}
+    assert lab.vpsshell(STRANGER, "events db1").code == 0  # a viewer may read db1's events
