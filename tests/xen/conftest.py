@@ -1,15 +1,16 @@
 """The Xen lab: a real Xen 4.17 hypervisor with a Debian dom0, booted in QEMU (TCG) for tests.
 
-Tests marked ``xenlab`` run only with ``VPSSHELL_XENLAB=1``: the lab is slow and heavy (QEMU
-TCG, about 2.2 GB of memory, several minutes). The other tests in this directory are fast unit
-tests and always run.
+Tests marked ``xenlab`` run only with ``VPSSHELL_XENLAB=1``, which ``run-tests`` sets as root
+when the lab's scripts are there: the lab is slow and heavy (QEMU TCG, about 2.2 GB of memory,
+about 5 minutes). The other tests in this directory are fast unit tests and always run.
 
 The ``xenlab`` session fixture, once per run:
 1. builds wheels of this project and its dependencies (``.[xen]``) into a directory that the
    lab exports read-only to dom0 (virtio-9p, ``/mnt/host``);
 2. builds (cached) and boots the lab with ``build-and-boot.sh`` from ``VPSSHELL_XENLAB_DIR``
    (default: ``../shared/xenlab`` next to this repository), reusing a lab that is already up
-   with this share;
+   with this share; Xen gets ``xsave=0`` (see ``labkit.lab_script``: without it, dom0
+   processes die now and then under TCG while domains are created and destroyed);
 3. installs vpsshell into a venv in dom0 (dom0 has no network: wheels only);
 4. writes the domain config files, the helper's config and policy, and creates two tenants.
 It stops the lab at the end unless ``VPSSHELL_XENLAB_KEEP=1``. Timings of each step and of each

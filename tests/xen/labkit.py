@@ -17,7 +17,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 LAB_DIR = Path(os.environ.get("VPSSHELL_XENLAB_DIR", REPO.parent / "shared" / "xenlab"))
 SHARE = Path(os.environ.get("VPSSHELL_XENLAB_SHARE", "/tmp/vpsshell-xenlab/share"))
-SKIP_REASON = "set VPSSHELL_XENLAB=1 to run the Xen lab tests (boots Xen in QEMU, ~10 min)"
+SKIP_REASON = (
+    "the Xen lab is off: VPSSHELL_XENLAB=1 boots Xen in QEMU (~5 min; run-tests sets it as root)"
+)
 EXTRA_PKGS = "python3-venv python3-pip"
 
 VENV = "/tmp/vpsshell-venv"  # dom0's root fs is a full initramfs; /tmp is a tmpfs
