@@ -269,3 +269,11 @@ def test_log_of_a_long_console_fits_one_reply(running: Helper) -> None:
     log = result.json()
     assert log["truncated"] is True
     assert log["lines"][-1].startswith("root@web1")  # the newest lines are the ones kept
+
+
+def test_stopping_the_helper_tells_attached_consoles_why(running: Helper) -> None:
+    session = console(running, "vpst-alice")
+    session.expect("Press Ctrl-]")
+    assert running.stop() == 0
+    session.expect("the vpsshell helper is stopping")
+    assert finish(session) == 69

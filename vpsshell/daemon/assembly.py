@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vpsshell")
 
+STOP_GRACE_SECONDS = 1.0  # on stop: for consoles and followers to tell their clients why
+
 
 class RunningHelper:
     """The parts of a started helper; ``stop()`` ends them in reverse order."""
@@ -53,10 +55,12 @@ class RunningHelper:
         self.admin = admin
 
     async def stop(self) -> None:
-        await self.tenant.stop()
+        self.tenant.stop_accepting()
+        self.admin.stop_accepting()
+        await self.consoles.stop()  # attached consoles are told that the helper is stopping
+        self.events.close()  # and so are followers of events
+        await self.tenant.stop(grace=STOP_GRACE_SECONDS)  # time to say so, then cancelled
         await self.admin.stop()
-        await self.consoles.stop()
-        self.events.close()
         await self.hooks.stop()  # a running hook gets a moment, then is killed
         await self.backend.close()
         self.audit.close()

@@ -118,9 +118,16 @@ class Listener:
             self._on_connect, sock=self.sock, limit=protocol.MAX_FRAME_BYTES * 2
         )
 
-    async def stop(self) -> None:
+    def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop listening; connections get ``grace`` seconds to end on their own (a console
+        or follower told that the helper is stopping sends that and ends), then are cancelled."""
+        self.stop_accepting()
+        if self._tasks and grace > 0:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
