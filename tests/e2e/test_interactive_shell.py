@@ -66,6 +66,7 @@ def test_completion_offers_only_the_callers_domains(helper: Helper, terminal: Te
     for name in OTHER_TENANTS_DOMAINS:
         assert name not in screen, f"{name} offered to alice:\n{screen}"
     shell.keys("C-c")  # nothing was sent
+    wait_until(lambda: shell.screen().count("@vpsshell>") == 2, 10, "a fresh prompt after C-c")
     shell.type("sh")
     shell.keys("Tab")
     shell.wait_for("@vpsshell> shutdown")
