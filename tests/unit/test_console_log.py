@@ -72,3 +72,44 @@ def test_two_hubs_of_one_name_write_one_log_in_order(tmp_path: Path) -> None:
         return by_hand.log.tail(24)
 
     assert asyncio.run(scenario()) == [f"boot {index:02d}" for index in range(24)]
+
+
+def test_the_hub_of_a_uuid_gone_with_its_domain_is_closed(tmp_path: Path) -> None:
+    """After a hand-started Xen domain (a UUID of its own) stops, its name stands for the
+    config file's UUID again: the other hub would otherwise retry a console forever."""
+    import asyncio
+
+    from vpsshell.backends.base import DomainInfo, DomainState, LifecycleEvent
+    from vpsshell.backends.sim import SimBackend
+    from vpsshell.daemon.consoles import ConsoleManager
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        web1 = {"name": "web1", "vcpus": 1, "memory_mib": 128, "boot_seconds": 0}
+        backend = SimBackend.from_config({"domains": [web1]}, str(tmp_path / "state"))
+        await backend.open()
+        manager = ConsoleManager(
+            backend,
+            str(tmp_path),
+            ring_bytes=4096,
+            log_bytes=1 << 16,
+            log_files=2,
+            queue_bytes=4096,
+            on_detach=lambda attachment, reason: None,
+        )
+        [info] = await backend.list_domains()
+        kept = manager.hub_for(info)
+        gone_uuid = "22222222-2222-4222-8222-222222222222"
+        manager.hub_for(DomainInfo("web1", gone_uuid, DomainState.RUNNING, 1, 128, 5, "h"))
+        backend.emit(LifecycleEvent("stopped", info.uuid, "web1", "destroyed"))
+        backend.emit(LifecycleEvent("stopped", gone_uuid, "web1", "destroyed"))
+        for _ in range(200):
+            if gone_uuid not in manager.hubs:
+                break
+            await asyncio.sleep(0.01)
+        closed = gone_uuid not in manager.hubs
+        still = manager.hubs.get(info.uuid) is kept
+        await manager.stop()
+        await backend.close()
+        return closed, still, kept.log is manager.logs["web1"]
+
+    assert asyncio.run(scenario()) == (True, True, True)

@@ -255,6 +255,7 @@ class ConsoleManager:
         self.queue_bytes = queue_bytes
         self.hubs: dict[str, ConsoleHub] = {}
         self.logs: dict[str, ConsoleLog] = {}
+        self._pruning: set[asyncio.Task[None]] = set()
         self._on_detach = on_detach
         backend.subscribe(self._on_event)
 
@@ -276,6 +277,8 @@ class ConsoleManager:
             self.hub_for(info)
 
     async def stop(self) -> None:
+        for task in list(self._pruning):
+            task.cancel()
         for hub in list(self.hubs.values()):
             await hub.stop()
         for console_log in self.logs.values():
@@ -293,6 +296,25 @@ class ConsoleManager:
             hub.notice(template.format(name=hub.name))
         if event.kind in ("started", "rebooted", "migrated"):
             hub.wake()
+        if event.kind in ("stopped", "crashed"):
+            task = asyncio.get_running_loop().create_task(self._prune(hub))
+            self._pruning.add(task)
+            task.add_done_callback(self._pruning.discard)
+
+    async def _prune(self, hub: ConsoleHub) -> None:
+        """A domain stopped: if its UUID no longer stands for its name (a Xen domain started by
+        hand with a UUID of its own, which is gone with it), its hub would retry its console
+        forever; stop it once nobody is attached."""
+        try:
+            info = await self.backend.lookup(hub.name)
+        except VpsError:
+            return  # the backend cannot say now; the next stop asks again
+        if (info is not None and info.uuid == hub.uuid) or hub.attachments:
+            return
+        if self.hubs.get(hub.uuid) is hub:
+            del self.hubs[hub.uuid]
+            await hub.stop()
+            log.info("console of %s (%s) closed: that domain is gone", hub.name, hub.uuid)
 
     def attachments(self) -> list[Attachment]:
         return [a for hub in self.hubs.values() for a in hub.attachments]
