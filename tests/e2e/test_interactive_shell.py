@@ -1,8 +1,9 @@
 """The interactive shell on a real terminal (tmux), as a real tenant, against a real helper.
 
-What reaches the helper is read back from its audit log. The toolbar polls ``list`` in the
-background, so the audit checks look at every other action: each test knows exactly which
-commands it meant to send.
+What reaches the helper is read back from its audit log. The toolbar follows events and asks
+for ``list`` in the background, so the audit checks of commands look at every other request:
+each test knows exactly which commands it meant to send. The toolbar's own requests are
+checked by the tests at the end.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Helper, run, wait_until
+from harness import Helper, run, start_and_wait, state_of, wait_until
 from tmux_terminal import TmuxShell, process_state
 
 ALICE = "vpst-alice"
@@ -40,12 +41,18 @@ def terminal(helper: Helper) -> Iterator[Terminal]:
         shell.close()
 
 
+def is_toolbars(entry: dict[str, object]) -> bool:
+    """A request the toolbar makes by itself: ``list``, or its ``events`` stream."""
+    action = entry.get("action")
+    return action == "list" or (action == "events" and entry.get("follow") is True)
+
+
 def commands_sent(helper: Helper, user: str = ALICE) -> list[tuple[str, str | None]]:
-    """(action, domain) of every request by ``user`` except the toolbar's ``list`` polls."""
+    """(action, domain) of every request by ``user`` except the toolbar's own."""
     return [
         (entry["action"], entry.get("domain"))
         for entry in helper.audit()
-        if entry.get("user") == user and entry.get("action") != "list"
+        if entry.get("user") == user and not is_toolbars(entry)
     ]
 
 
@@ -263,3 +270,72 @@ def test_console_from_the_prompt_and_back(helper: Helper, terminal: Terminal) ->
     shell.run("whoami", "groups:")
     sent = commands_sent(helper)
     assert ("console", "web1") in sent and sent[-1] == ("whoami", None)
+
+
+# -- what the toolbar asks the helper by itself --------------------------------------------------
+
+
+def requests_of(helper: Helper, pid: int, action: str) -> int:
+    """How many ``action`` requests the shell process ``pid`` made (its own and its toolbar's)."""
+    return sum(1 for e in helper.audit() if e.get("pid") == pid and e.get("action") == action)
+
+
+def shell_with_refresh(terminal: Terminal, open_dir: Path, seconds: float) -> TmuxShell:
+    config = open_dir / "vpsshell.toml"
+    config.write_text(f"refresh_seconds = {seconds}\n")
+    config.chmod(0o644)
+    shell = terminal(env={"VPSSHELL_CONFIG": str(config)})
+    shell.wait_for_toolbar("3 domains: 3 shutoff")
+    return shell
+
+
+def following(helper: Helper, shell: TmuxShell, streams: int = 1) -> int:
+    """Wait until the shell opened its ``streams``-th events stream and refreshed after it
+    (the login's list, then one per stream); its pid."""
+    pid = shell.shell_pid()
+    wait_until(lambda: requests_of(helper, pid, "events") >= streams, 15, "the events stream")
+    wait_until(lambda: requests_of(helper, pid, "list") >= 1 + streams, 10, "the list after it")
+    return pid
+
+
+def test_toolbar_shows_changes_made_elsewhere_as_they_happen(
+    helper: Helper, terminal: Terminal, open_dir: Path
+) -> None:
+    shell = shell_with_refresh(terminal, open_dir, 300)  # no poll would come in time
+    pid = following(helper, shell)
+    lists = requests_of(helper, pid, "list")
+    assert run(ALICE, helper, "start web1").code == 0  # another process, the same tenant
+    shell.wait_for_toolbar("1 running", timeout=5)
+    helper.admin("crash", domain="web1")  # the admin
+    shell.wait_for_toolbar("1 crashed", timeout=5)
+    # one list per event: started, crashed (starting is no event, and was not seen)
+    assert 2 <= requests_of(helper, pid, "list") - lists <= 3
+    stream = [e for e in helper.audit() if e.get("pid") == pid and e["action"] == "events"]
+    assert [(e["follow"], e["events"], e["result"]) for e in stream] == [(True, 0, "ok")]
+
+
+def test_an_idle_session_asks_nothing_while_others_work(
+    helper: Helper, terminal: Terminal, open_dir: Path
+) -> None:
+    shell = shell_with_refresh(terminal, open_dir, 0.5)  # without events: twice a second
+    pid = following(helper, shell)
+    requests = len([e for e in helper.audit() if e.get("pid") == pid])
+    # another tenant's domain comes and goes (seconds): none of it is alice's business
+    start_and_wait(helper, "vpst-carol", "db1")
+    assert run("vpst-carol", helper, "shutdown db1").code == 0
+    wait_until(lambda: state_of(helper, "vpst-carol", "db1") == "shutoff", 10, "db1 shutoff")
+    assert len([e for e in helper.audit() if e.get("pid") == pid]) == requests
+    assert "3 domains: 3 shutoff" in shell.toolbar()
+
+
+def test_toolbar_follows_again_after_a_helper_restart(
+    helper: Helper, terminal: Terminal, open_dir: Path
+) -> None:
+    shell = shell_with_refresh(terminal, open_dir, 300)
+    pid = following(helper, shell)
+    helper.stop()
+    helper.start()
+    following(helper, shell, streams=2)  # opened again (after 2 s, or 4 if still stopping)
+    assert run(ALICE, helper, "start web2").code == 0
+    shell.wait_for_toolbar("1 running", timeout=5)
+    assert requests_of(helper, pid, "events") == 2

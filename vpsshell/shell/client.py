@@ -2,7 +2,8 @@
 
 It frames requests, waits for the reply with a deadline, passes ``progress`` messages to a
 callback and turns error replies into ``VpsError``s. It sends no identity: the helper reads the
-caller from the socket's peer credentials.
+caller from the socket's peer credentials. ``reply_result`` and ``unreachable`` are shared
+with the interactive shell's background watch, which speaks the same protocol on the event loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,32 @@ from vpsshell.errors import TemporaryFailure, Unavailable, VpsError, error_from_
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_REPLY_TIMEOUT_SECONDS = 90.0
+PENDING: Any = object()  # ``reply_result``: not the final reply yet
+
+
+def unreachable(path: str, exc: OSError) -> Unavailable:
+    reason = exc.strerror or str(exc)
+    return Unavailable(f"cannot reach the vpsshell helper at {path}: {reason}")
+
+
+def reply_result(
+    message: dict[str, Any],
+    request_id: int,
+    on_progress: Callable[[str], None] | None = None,
+) -> Any:
+    """The result if ``message`` is the final reply to ``request_id`` (an error reply raises
+    its ``VpsError``), else ``PENDING``: a progress message (passed to ``on_progress``) or a
+    message for another request."""
+    if message.get("id") not in (request_id, None):
+        return PENDING
+    if "progress" in message:
+        if on_progress is not None:
+            on_progress(str(message["progress"]))
+        return PENDING
+    if message.get("ok"):
+        return message.get("result")
+    error = message.get("error") or {}
+    raise error_from_wire(str(error.get("kind")), str(error.get("message")))
 
 
 class HelperClient:
@@ -33,10 +60,7 @@ class HelperClient:
             sock.connect(self.path)
         except OSError as exc:
             sock.close()
-            reason = exc.strerror or str(exc)
-            raise Unavailable(
-                f"cannot reach the vpsshell helper at {self.path}: {reason}"
-            ) from None
+            raise unreachable(self.path, exc) from None
         self._sock = sock
         return sock
 
@@ -90,17 +114,9 @@ class HelperClient:
             sock.settimeout(timeout)
             sock.sendall(protocol.encode_message(protocol.request(request_id, op, args or {})))
             while True:
-                message = self._read_message(sock)
-                if message.get("id") not in (request_id, None):
-                    continue
-                if "progress" in message:
-                    if on_progress is not None:
-                        on_progress(str(message["progress"]))
-                    continue
-                if message.get("ok"):
-                    return message.get("result")
-                error = message.get("error") or {}
-                raise error_from_wire(str(error.get("kind")), str(error.get("message")))
+                result = reply_result(self._read_message(sock), request_id, on_progress)
+                if result is not PENDING:
+                    return result
         except VpsError:
             raise
         except TimeoutError:

@@ -216,14 +216,10 @@ async def _run_prompt(session: Session, settings: ShellSettings, warnings: list[
     from prompt_toolkit.application import run_in_terminal
     from prompt_toolkit.patch_stdout import patch_stdout
 
-    from vpsshell.shell.client import HelperClient
     from vpsshell.shell.watch import DomainWatch
 
     env = session.env
-    watch_client = HelperClient(session.client.path)  # its own connection, its own thread
-    watch = DomainWatch(
-        lambda: watch_client.call("list", {}, timeout=5.0), settings.refresh_seconds
-    )
+    watch = DomainWatch(session.client.path, settings.refresh_seconds)  # its own connections
     watch.seed(_greet(session, settings, warnings))
 
     def refused(message: str) -> None:
@@ -247,8 +243,8 @@ async def _run_prompt(session: Session, settings: ShellSettings, warnings: list[
                 watch.poke()
     finally:
         refresher.cancel()
+        await asyncio.wait([refresher])  # it closes its connections as it unwinds
         watch.close()
-        watch_client.close()
 
 
 def run_interactive(env: Environment) -> ExitCode:

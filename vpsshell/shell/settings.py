@@ -31,7 +31,7 @@ class ShellSettings:
     history_size: int = 1000  # lines kept in the file
     banner: str = DEFAULT_BANNER  # shown at login; "" shows none
     motd: bool = True  # one line with the caller's domains and their states at login
-    refresh_seconds: float = 10.0  # toolbar refresh while nothing is changing
+    refresh_seconds: float = 10.0  # toolbar poll without events (with them: 60 s at least)
     source: str = "<defaults>"
 
 

@@ -1,27 +1,48 @@
 """Keeps the caller's domains and their states fresh for the toolbar and for completion.
 
-A ``DomainWatch`` asks the helper for ``list`` on its own connection (not the one commands
-use), from an asyncio task while the prompt is idle. The helper client is blocking, so each
-call runs in a one-thread executor. It polls every second while a domain is changing state or
-just after a command, and every ``refresh_seconds`` otherwise: each poll is one request, one
-audit line and one token of the caller's rate limit. It never prints.
+A ``DomainWatch`` holds the helper's latest ``list`` and refreshes it from an asyncio task while
+the prompt waits, on connections of its own (never the one commands use), with non-blocking
+sockets on the prompt's event loop: no thread, and nothing left open once ``run`` is cancelled
+and ``close`` called. It keeps one ``events --follow --lines=0`` stream open and asks for ``list``
+when events arrive (a burst of them gives one request), right after a command (``poke``), and
+every second while a domain is starting or shutting down (not every change of state is an
+event). Otherwise it polls only as a safety net: every ``max(refresh_seconds, 60)`` seconds
+while the stream is up, every ``refresh_seconds`` while it is not. A helper that refuses the
+stream (one without ``events``) is not asked again; a stream that ends (the helper restarting,
+the connection lost) is opened again after 2 s, then 4, 8... up to 60. Each ``list`` is one
+audit line and one token of the caller's rate limit; the stream is one request however many
+events it carries. It never prints: errors go into the snapshot, for the toolbar.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.errors import VpsError
+from vpsshell import protocol
+from vpsshell.errors import Denied, TemporaryFailure, Unavailable, UsageError, VpsError
+from vpsshell.shell.client import PENDING, reply_result, unreachable
 
-FAST_SECONDS = 1.0
-BUSY_AFTER_COMMAND_SECONDS = 10.0
-FETCH_TIMEOUT_SECONDS = 5.0
 TRANSITIONAL = frozenset({"starting", "shutting-down"})
+REQUEST_ID = 1  # one request per connection
+FOLLOW_ARGS = {"follow": True, "lines": 0}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often the watch asks, in seconds (tests make them short)."""
+
+    fast: float = 1.0  # while a domain changes state, and for a while after a command
+    busy_after_command: float = 10.0
+    with_events: float = 60.0  # the safety net while the stream is up (or refresh_seconds)
+    burst: float = 0.2  # an event waits this long for the rest of its burst
+    retry_first: float = 2.0  # re-opening a stream that ended or could not be opened
+    retry_max: float = 60.0
+    request_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,16 +59,38 @@ def _domains(untrusted: Any) -> tuple[dict[str, Any], ...]:
     return tuple(item for item in untrusted if isinstance(item, dict))
 
 
+def retry_delays(timing: Timing) -> list[float]:
+    """The waits before each new attempt at the stream, until they reach ``retry_max``."""
+    delays = [timing.retry_first]
+    while delays[-1] < timing.retry_max:
+        delays.append(min(delays[-1] * 2, timing.retry_max))
+    return delays
+
+
+async def _next_message(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The next message frame (others are skipped); ``IncompleteReadError`` at the end."""
+    while True:
+        frame_type, length = protocol.parse_header(await reader.readexactly(protocol.HEADER.size))
+        payload = await reader.readexactly(length)
+        if frame_type == protocol.FRAME_MESSAGE:
+            return protocol.decode_message(payload)
+
+
 class DomainWatch:
     """The latest ``Snapshot``, refreshed in the background by ``run``."""
 
-    def __init__(self, fetch: Callable[[], Any], refresh_seconds: float) -> None:
-        self._fetch = fetch
+    def __init__(
+        self, socket_path: str, refresh_seconds: float, timing: Timing | None = None
+    ) -> None:
+        self.path = socket_path
         self.refresh_seconds = refresh_seconds
+        self.timing = timing or Timing()
         self.snapshot = Snapshot()
+        self.following = False  # the event stream is up
         self._busy_until = 0.0
+        self._events_waiting = False
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpsshell-watch")
+        self._open: set[asyncio.StreamWriter] = set()
 
     def names(self) -> list[str]:
         return [str(d.get("name")) for d in self.snapshot.domains or ()]
@@ -61,39 +104,132 @@ class DomainWatch:
 
     def poke(self) -> None:
         """A command just ran: refresh now, and quickly for a while."""
-        self._busy_until = time.monotonic() + BUSY_AFTER_COMMAND_SECONDS
+        self._busy_until = time.monotonic() + self.timing.busy_after_command
         self._wake.set()
 
     def interval(self) -> float:
+        """How long the next refresh may wait if nothing wakes it."""
         changing = any(d.get("state") in TRANSITIONAL for d in self.snapshot.domains or ())
         if changing or time.monotonic() < self._busy_until:
-            return min(FAST_SECONDS, self.refresh_seconds)
+            return min(self.timing.fast, self.refresh_seconds)
+        if self.following:
+            return max(self.refresh_seconds, self.timing.with_events)
         return self.refresh_seconds
 
-    def _fetch_snapshot(self) -> Snapshot:
+    # -- the helper's side ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, op: str, args: dict[str, Any]
+    ) -> AsyncIterator[tuple[Any, asyncio.StreamReader]]:
+        """One request on a new connection: its result, and the reader for what the helper
+        sends after the reply. The connection is closed on leaving; failures are VpsErrors."""
+        writer: asyncio.StreamWriter | None = None
         try:
-            return Snapshot(_domains(self._fetch()))
-        except VpsError as exc:
-            return Snapshot(self.snapshot.domains, exc.message)
+            try:
+                async with asyncio.timeout(self.timing.request_timeout):
+                    reader, writer = await asyncio.open_unix_connection(self.path)
+                    self._open.add(writer)
+                    writer.write(protocol.encode_message(protocol.request(REQUEST_ID, op, args)))
+                    result = PENDING
+                    while result is PENDING:
+                        result = reply_result(await _next_message(reader), REQUEST_ID)
+            except TimeoutError:
+                raise TemporaryFailure("timed out waiting for the vpsshell helper") from None
+            except (OSError, EOFError, protocol.ProtocolError) as exc:
+                if writer is None and isinstance(exc, OSError):
+                    raise unreachable(self.path, exc) from None
+                raise Unavailable(f"lost the connection to the vpsshell helper: {exc}") from None
+            yield result, reader
+        finally:
+            if writer is not None:
+                writer.close()
+                self._open.discard(writer)
 
     async def refresh(self) -> bool:
-        """Ask the helper once; True if anything visible changed."""
-        loop = asyncio.get_running_loop()
-        fresh = await loop.run_in_executor(self._executor, self._fetch_snapshot)
+        """Ask the helper for ``list`` once; True if anything visible changed."""
+        try:
+            async with self._request("list", {}) as (untrusted, _):
+                fresh = Snapshot(_domains(untrusted))
+        except VpsError as exc:
+            fresh = Snapshot(self.snapshot.domains, exc.message)
         changed = fresh != self.snapshot
         self.snapshot = fresh
         return changed
 
-    async def run(self, on_change: Callable[[], None]) -> None:
-        """Refresh until cancelled, calling ``on_change`` whenever the snapshot changed."""
+    async def _read_events(self, reader: asyncio.StreamReader) -> None:
+        """Wake the refresh for every event, until the helper ends the stream or it is lost."""
         while True:
+            try:
+                untrusted = await _next_message(reader)
+            except (OSError, EOFError, protocol.ProtocolError):
+                return
+            if untrusted.get("event") == "closed":
+                return
+            if untrusted.get("event") == "record":
+                self._events_waiting = True
+                self._wake.set()
+
+    def _stream_up(self, up: bool) -> None:
+        # both ways the list may be stale: events were missed before the stream opened, and
+        # a helper that stopped may come back with other states
+        self.following = up
+        self._wake.set()
+
+    async def _follow(self) -> None:
+        """Keep the event stream open for as long as the helper lets it be."""
+        delays = retry_delays(self.timing)
+        attempt = 0
+        while True:
+            opened = time.monotonic()
+            try:
+                async with self._request("events", FOLLOW_ARGS) as (_, reader):
+                    self._stream_up(True)
+                    try:
+                        await self._read_events(reader)
+                    finally:
+                        self._stream_up(False)
+            except (UsageError, Denied):
+                return  # a helper without events: polling only (a retry would be refused too)
+            except VpsError:
+                pass
+            if time.monotonic() - opened >= self.timing.retry_max:
+                attempt = 0  # it was up for a while: start the backoff again
+            await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+            attempt += 1
+
+    # -- the schedule -----------------------------------------------------------------------
+
+    async def _next_reason(self) -> None:
+        """Wait for a poke, an event (and the rest of its burst), a change of the stream, or
+        the end of the interval."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancellation that comes as
+        # the wait ends (cpython gh-86296), and the shell would never get to leave
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.interval()):
+                await self._wake.wait()
+        if self._events_waiting:
+            await asyncio.sleep(self.timing.burst)
+        self._events_waiting = False
+        self._wake.clear()
+
+    async def _poll(self, on_change: Callable[[], None]) -> None:
+        if self.snapshot.domains is None and await self.refresh():  # nothing seeded
+            on_change()
+        while True:
+            await self._next_reason()
             if await self.refresh():
                 on_change()
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval())
-            except TimeoutError:
-                pass
-            self._wake.clear()
+
+    async def run(self, on_change: Callable[[], None]) -> None:
+        """Follow and refresh until cancelled, calling ``on_change`` whenever the snapshot
+        changed."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow())
+            tasks.create_task(self._poll(on_change))
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Close any connection still open (``run`` closes its own when it is cancelled)."""
+        for writer in list(self._open):
+            writer.close()
+        self._open.clear()
