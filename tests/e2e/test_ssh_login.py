@@ -44,11 +44,14 @@ def table(shell: Terminal, user: str) -> str:
 
 
 def sent_by(helper: Helper, user: str) -> list[tuple[str, str | None, str]]:
-    """(action, domain, decision) of ``user``'s requests, without the toolbar's ``list`` polls."""
+    """(action, domain, decision) of ``user``'s requests, without the toolbar's own (its
+    ``list`` requests and its ``events --follow`` stream)."""
     return [
         (entry["action"], entry.get("domain"), entry["decision"])
         for entry in helper.audit()
-        if entry.get("user") == user and entry["action"] != "list"
+        if entry.get("user") == user
+        and entry["action"] != "list"
+        and not (entry["action"] == "events" and entry.get("follow") is True)
     ]
 
 

@@ -28,7 +28,7 @@ class Editor:
     def __init__(self) -> None:
         env = Environment(io.StringIO(), io.StringIO(), io.StringIO(), True, True, True, False)
         self.session = Session("/nonexistent.sock", env, interactive=True)
-        self.watch = DomainWatch(lambda: [], 10.0)
+        self.watch = DomainWatch("/nonexistent/vpsshelld.sock", 10.0)  # never run here
         self.watch.seed([{"name": "web1", "state": "running"}, {"name": "web2"}])
         self.refused: list[str] = []
 
