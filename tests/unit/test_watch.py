@@ -216,7 +216,9 @@ def test_interval_fast_while_something_changes_slow_while_events_flow() -> None:
     assert watch.interval() == 1.0  # not every change of state is an event
     watch.seed([{"name": "web1", "state": "running"}])
     watch.poke()
-    assert watch.interval() == 1.0
+    assert watch.interval() == 60.0  # after a command, its events say what changed
+    watch.following = False
+    assert watch.interval() == 1.0  # without them, poll quickly for a while
     slow = DomainWatch("/nonexistent", 300.0)
     slow.following = True
     assert slow.interval() == 300.0  # a longer refresh_seconds is kept

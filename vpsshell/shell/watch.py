@@ -1,17 +1,18 @@
 """Keeps the caller's domains and their states fresh for the toolbar and for completion.
 
 A ``DomainWatch`` holds the helper's latest ``list`` and refreshes it from an asyncio task while
-the prompt waits, on connections of its own (never the one commands use), with non-blocking
-sockets on the prompt's event loop: no thread, and nothing left open once ``run`` is cancelled
-and ``close`` called. It keeps one ``events --follow --lines=0`` stream open and asks for ``list``
-when events arrive (a burst of them gives one request), right after a command (``poke``), and
-every second while a domain is starting or shutting down (not every change of state is an
-event). Otherwise it polls only as a safety net: every ``max(refresh_seconds, 60)`` seconds
-while the stream is up, every ``refresh_seconds`` while it is not. A helper that refuses the
-stream (one without ``events``) is not asked again; a stream that ends (the helper restarting,
-the connection lost) is opened again after 2 s, then 4, 8... up to 60. Each ``list`` is one
-audit line and one token of the caller's rate limit; the stream is one request however many
-events it carries. It never prints: errors go into the snapshot, for the toolbar.
+the prompt waits, on connections of its own (never the one commands use), with non-blocking sockets
+on the prompt's event loop: no thread, and nothing left open once ``run`` is cancelled and
+``close`` called. It keeps one ``events --follow --lines=0`` stream open and asks for ``list`` when
+events arrive (a burst of them gives one request), right after a command (``poke``; then every
+second for a while, only while there is no stream), and every second while a domain is starting or
+shutting down (not every change of state is an event). Otherwise it polls only as a safety net:
+every ``max(refresh_seconds, 60)`` seconds while the stream is up, every ``refresh_seconds`` while
+it is not. A helper that refuses the stream (one without ``events``) is not asked again; a stream
+that ends (the helper restarting, the connection lost) is opened again after 2 s, then 4, 8... up
+to 60. Each ``list`` is one audit line and one token of the caller's rate limit; the stream is one
+request however many events it carries. It never prints: errors go into the snapshot, for the
+toolbar.
 """
 
 from __future__ import annotations
@@ -103,14 +104,16 @@ class DomainWatch:
             pass
 
     def poke(self) -> None:
-        """A command just ran: refresh now, and quickly for a while."""
+        """A command just ran: refresh now, and without events quickly for a while (with
+        them, the events its effects cause wake the refresh)."""
         self._busy_until = time.monotonic() + self.timing.busy_after_command
         self._wake.set()
 
     def interval(self) -> float:
         """How long the next refresh may wait if nothing wakes it."""
         changing = any(d.get("state") in TRANSITIONAL for d in self.snapshot.domains or ())
-        if changing or time.monotonic() < self._busy_until:
+        busy = time.monotonic() < self._busy_until and not self.following
+        if changing or busy:
             return min(self.timing.fast, self.refresh_seconds)
         if self.following:
             return max(self.refresh_seconds, self.timing.with_events)
