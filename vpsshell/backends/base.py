@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -42,6 +43,22 @@ def check_backend_table(
     found = table.get("type", kind if type_optional else None)
     if found != kind:
         raise BackendConfigError(f"backend.type: expected {kind!r}, got {table.get('type')!r}")
+
+
+def check_timeout(table: dict[str, Any], default: float, low: float, high: float) -> float:
+    """``backend.timeout_seconds``: a finite number of seconds from ``low`` to ``high``."""
+    timeout = table.get("timeout_seconds", default)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not low <= timeout <= high
+    ):
+        raise BackendConfigError(
+            f"backend.timeout_seconds: must be a number of seconds from {low:g} to {high:g}, "
+            f"got {timeout!r}"
+        )
+    return float(timeout)
 
 
 class DomainState(str, Enum):

@@ -6,12 +6,16 @@ table even on a machine where libvirt-python is not installed yet. It never conn
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import BackendConfigError, check_backend_table, check_table
+from vpsshell.backends.base import (
+    BackendConfigError,
+    check_backend_table,
+    check_table,
+    check_timeout,
+)
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 _TIMEOUT_RANGE = (0.1, 300.0)
@@ -41,18 +45,7 @@ class LibvirtConfig:
 def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
     """Validate the ``[backend]`` table of a libvirt backend."""
     check_backend_table(table, "libvirt", _TABLE_KEYS)
-    timeout = table.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-    low, high = _TIMEOUT_RANGE
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or not low <= timeout <= high
-    ):
-        raise BackendConfigError(
-            f"backend.timeout_seconds: must be a number of seconds from {low:g} to {high:g}, "
-            f"got {timeout!r}"
-        )
+    timeout = check_timeout(table, DEFAULT_TIMEOUT_SECONDS, *_TIMEOUT_RANGE)
     entries = table.get("hosts")
     if not isinstance(entries, list) or not entries:
         raise BackendConfigError(
@@ -70,7 +63,7 @@ def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
                     f"backend.hosts[{seen[value]}]"
                 )
             seen[value] = index
-    return LibvirtConfig(hosts=tuple(hosts), timeout_seconds=float(timeout))
+    return LibvirtConfig(hosts=tuple(hosts), timeout_seconds=timeout)
 
 
 def _parse_host(where: str, entry: Any) -> HostConfig:

@@ -7,13 +7,12 @@ are only checked for shape (absolute, no ``..``), not for existence.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import BackendConfigError, check_backend_table
+from vpsshell.backends.base import BackendConfigError, check_backend_table, check_timeout
 
 DEFAULT_XL = "/usr/sbin/xl"
 DEFAULT_DOMAIN_CONFIG_DIR = "/etc/xen"
@@ -46,18 +45,7 @@ def parse_xen_config(table: dict[str, Any]) -> XenConfig:
             f"backend.host: must be a host label matching {_HOST_RE.pattern} "
             f"(at most {_HOST_MAX} characters), got {host!r}"
         )
-    timeout = table.get("timeout_seconds", DEFAULT_TIMEOUT_SECONDS)
-    low, high = _TIMEOUT_RANGE
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or not low <= timeout <= high
-    ):
-        raise BackendConfigError(
-            f"backend.timeout_seconds: must be a number of seconds from {low:g} to {high:g}, "
-            f"got {timeout!r}"
-        )
+    timeout = check_timeout(table, DEFAULT_TIMEOUT_SECONDS, *_TIMEOUT_RANGE)
     return XenConfig(
         xl=_absolute_path("backend.xl", table.get("xl", DEFAULT_XL)),
         domain_config_dir=_absolute_path(
@@ -67,7 +55,7 @@ def parse_xen_config(table: dict[str, Any]) -> XenConfig:
             "backend.xenstore_socket", table.get("xenstore_socket", DEFAULT_XENSTORE_SOCKET)
         ),
         host=host,
-        timeout_seconds=float(timeout),
+        timeout_seconds=timeout,
     )
 
 
