@@ -67,3 +67,13 @@ def test_create_backend_knows_xen(tmp_path: Any) -> None:
         create_backend(table(hosts=[]), str(tmp_path))
     with pytest.raises(BackendConfigError, match="known: sim, libvirt, xen"):
         create_backend({"type": "xm"}, str(tmp_path))
+
+
+@pytest.mark.parametrize("timeout", [0, 0.5, 301, True, "30", float("inf"), float("nan")])
+def test_a_timeout_outside_one_to_300_seconds_is_refused(timeout: Any) -> None:
+    with pytest.raises(BackendConfigError, match=r"backend\.timeout_seconds: .* from 1 to 300"):
+        parse_xen_config(table(timeout_seconds=timeout))
+
+
+def test_a_whole_number_timeout_is_seconds() -> None:
+    assert parse_xen_config(table(timeout_seconds=5)).timeout_seconds == 5.0
