@@ -1,6 +1,6 @@
 """Assembling a running helper from its config: audit log, backend, event record and hooks,
 consoles, policy, APIs and listening sockets, wired together in one place and stopped in
-reverse order.
+one place.
 
 ``vpsshelld`` uses it; so does the console benchmark, which must measure the same wiring.
 """
@@ -32,7 +32,8 @@ STOP_GRACE_SECONDS = 1.0  # on stop: for consoles and followers to tell their cl
 
 
 class RunningHelper:
-    """The parts of a started helper; ``stop()`` ends them in reverse order."""
+    """The parts of a started helper; ``stop()`` ends them: listening first, then consoles and
+    followers (told why), connections, hooks, the backend, the audit log last."""
 
     def __init__(
         self,
