@@ -18,21 +18,19 @@ import argparse
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "xen"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from labkit import (  # noqa: E402
-    HELPER_CONFIG,
-    HELPER_LOG,
-    HELPER_PID,
+    HELPER_SOCKET,
     OWNER,
     VENV,
     Lab,
     _ssh_args,
     lab_script,
+    start_helper,
 )
 
 TIMER = r"""
@@ -65,17 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if lab.run(f"test -x {VENV}/bin/vpsshell", check=False).code != 0:
         print("no lab with vpsshell in dom0: run the lab tests with VPSSHELL_XENLAB_KEEP=1")
         return 2
-    if lab.run("test -S /run/vpsshell/vpsshelld.sock", check=False).code != 0:
-        lab.run(
-            f"setsid {VENV}/bin/vpsshelld --config {HELPER_CONFIG} --foreground "
-            f"> {HELPER_LOG} 2>&1 < /dev/null & echo $! > {HELPER_PID}"
-        )
-        deadline = time.monotonic() + 60
-        while lab.run("test -S /run/vpsshell/vpsshelld.sock", check=False).code != 0:
-            if time.monotonic() > deadline:
-                print("the helper did not start in dom0; see " + HELPER_LOG)
-                return 1
-            time.sleep(0.5)
+    if lab.run(f"test -S {HELPER_SOCKET}", check=False).code != 0:
+        start_helper(lab)
     lab.run(lab.tenant_argv(OWNER, "start web1"), check=False)  # already running is fine
     vpsshell = f"{VENV}/bin/vpsshell"
     commands = [

@@ -76,6 +76,26 @@ class Lab:
         return self.run(f"cat {HELPER_LOG} 2>/dev/null || true").out
 
 
+HELPER_SOCKET = "/run/vpsshell/vpsshelld.sock"
+
+
+def start_helper(lab: Lab) -> None:
+    """Start vpsshelld in dom0 in the background (its log in HELPER_LOG, its pid in
+    HELPER_PID) and wait until it listens."""
+    lab.run(
+        f"rm -f {HELPER_LOG}; setsid {VENV}/bin/vpsshelld --config {HELPER_CONFIG} "
+        f"--foreground > {HELPER_LOG} 2>&1 < /dev/null & echo $! > {HELPER_PID}"
+    )
+    from harness import wait_until
+
+    wait_until(
+        lambda: lab.run(f"test -S {HELPER_SOCKET}", check=False).code == 0,
+        60,
+        "vpsshelld listening in dom0",
+        interval=0.5,
+    )
+
+
 def _timed(label: str, work: Any) -> Any:
     began = time.monotonic()
     try:

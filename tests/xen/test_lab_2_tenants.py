@@ -17,7 +17,7 @@ from typing import Any
 import harness
 import pexpect
 import pytest
-from labkit import HELPER_CONFIG, HELPER_LOG, HELPER_PID, OWNER, STRANGER, VENV, Lab
+from labkit import HELPER_LOG, HELPER_PID, OWNER, STRANGER, Lab, start_helper
 
 pytestmark = pytest.mark.xenlab
 
@@ -33,16 +33,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str) -> An
 @pytest.fixture(scope="module")
 def lab(xenlab: Lab) -> Iterator[Lab]:
     """The helper running in dom0 (in the background, its log in HELPER_LOG)."""
-    xenlab.run(
-        f"rm -f {HELPER_LOG}; setsid {VENV}/bin/vpsshelld --config {HELPER_CONFIG} "
-        f"--foreground > {HELPER_LOG} 2>&1 < /dev/null & echo $! > {HELPER_PID}"
-    )
+    start_helper(xenlab)
     try:
-        wait_until(
-            lambda: xenlab.run("test -S /run/vpsshell/vpsshelld.sock", check=False).code == 0,
-            60,
-            "vpsshelld listening in dom0",
-        )
         yield xenlab
     finally:
         xenlab.run(f"kill $(cat {HELPER_PID}); sleep 1; tail -40 {HELPER_LOG}", check=False)
