@@ -129,6 +129,7 @@ class Helper:
         extra_config: str = "",
         requests_per_minute: int = 100000,
         extra_limits: str = "",
+        connections_per_minute: int = 100000,
     ) -> None:
         self.root = root
         self.policy_dir = root / "policy.d"
@@ -158,6 +159,7 @@ class Helper:
             {extra_config}
             [limits]
             requests_per_minute = {requests_per_minute}
+            connections_per_minute = {connections_per_minute}
             {extra_limits}
 
             [backend]

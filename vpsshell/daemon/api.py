@@ -19,12 +19,15 @@ from typing import Any, NamedTuple
 
 from vpsshell import __version__, protocol
 from vpsshell.backends.base import Backend, DomainInfo, DomainState
+from vpsshell.daemon.accounts import AccountChecker
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
+from vpsshell.daemon.confirm import Outcome, PasswordChecker
 from vpsshell.daemon.consoles import Attachment, ConsoleManager
 from vpsshell.daemon.events import TENANT_KINDS, Event, EventRecord
-from vpsshell.daemon.peer import Caller, resolve_caller
+from vpsshell.daemon.peer import Caller, CallerLookup, resolve_caller
 from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.daemon.ratelimit import request_bucket
 from vpsshell.daemon.server import SESSION_KEY
 from vpsshell.errors import (
     ConfirmRequired,
@@ -43,6 +46,11 @@ MAX_REQUEST_ID = 2**53
 WAIT_POLL_SECONDS = 0.2
 LOG_REPLY_BUDGET = protocol.MAX_FRAME_BYTES - 1024
 PROGRESS_EVERY_SECONDS = 5.0
+RATE_LIMITED_DELAY_MAX_SECONDS = 1.0  # a request over budget waits this long for its refusal
+# actions that change a domain: refused while the audit log cannot be written (fail closed)
+STATE_CHANGING_ACTIONS = frozenset(
+    {"start", "shutdown", "reboot", "poweroff", "reset", "sysrq", "console"}
+)
 
 Progress = Callable[[str], Awaitable[None]]
 
@@ -127,25 +135,6 @@ def operation(
     return register
 
 
-class TokenBucket:
-    """Per-user request budget: ``rate_per_minute`` sustained, bursts up to a quarter of it."""
-
-    def __init__(self, rate_per_minute: int) -> None:
-        self.rate = rate_per_minute / 60.0
-        self.capacity = max(10.0, rate_per_minute / 4)
-        self._buckets: dict[int, tuple[float, float]] = {}
-
-    def take(self, uid: int) -> bool:
-        now = time.monotonic()
-        tokens, stamp = self._buckets.get(uid, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - stamp) * self.rate)
-        if tokens < 1.0:
-            self._buckets[uid] = (tokens, now)
-            return False
-        self._buckets[uid] = (tokens - 1.0, now)
-        return True
-
-
 def _message(info: DomainInfo, verb: str) -> dict[str, Any]:
     return {"domain": info.name, "state": info.state.value, "message": f"{info.name}: {verb}"}
 
@@ -159,17 +148,21 @@ class TenantApi:
         limits: Limits,
         consoles: ConsoleManager,
         events: EventRecord,
-        pam_service: str = "",
+        passwords: PasswordChecker,
+        accounts: AccountChecker | None = None,
+        audit_fail_open: bool = False,
     ) -> None:
         self.consoles = consoles
         self.events = events
-        self.pam_service = pam_service
-        self._password_failures: dict[int, tuple[int, float]] = {}
+        self.passwords = passwords
+        self.accounts = accounts
+        self.audit_fail_open = audit_fail_open
         self.backend = backend
         self.policy = policy
         self.audit = audit
         self.limits = limits
-        self.rate = TokenBucket(limits.requests_per_minute)
+        self.rate = request_bucket(limits.requests_per_minute)
+        self.callers = CallerLookup()
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- the request path ------------------------------------------------------------------
@@ -185,7 +178,7 @@ class TenantApi:
         untrusted_id = untrusted.get("id")
         request_id = (
             untrusted_id
-            if isinstance(untrusted_id, int) and 0 <= untrusted_id < MAX_REQUEST_ID
+            if type(untrusted_id) is int and 0 <= untrusted_id < MAX_REQUEST_ID  # not a bool
             else None
         )
         audit: dict[str, Any] = {
@@ -198,11 +191,21 @@ class TenantApi:
             "decision": "invalid",
             "rule": None,
         }
+        if not self.rate.take(caller.uid):  # every request counts, well-formed or not
+            return await self._rate_limited(caller, untrusted, request_id)
         try:
-            request, operation = self._sanitize(caller, untrusted, request_id, progress, audit)
-            if not self.rate.take(caller.uid):
-                raise TemporaryFailure("too many requests; slow down and try again")
-            target = await self._authorize(request, operation, audit)
+            fresh = self.callers.fresh(caller)  # groups as NSS says now, not at connect time
+            if fresh is None:
+                audit["decision"] = "deny"
+                audit["reason"] = "uid has no passwd entry any more"
+                raise Denied("unknown user")
+            request, operation = self._sanitize(fresh, untrusted, request_id, progress, audit)
+            request, target = await self._authorize(request, operation, audit)
+            if operation.action in STATE_CHANGING_ACTIONS and not self._audit_ready(audit):
+                raise TemporaryFailure(
+                    "the audit log cannot be written, so actions are refused for now; "
+                    "your provider has been told"
+                )
             result = await asyncio.wait_for(
                 operation.handler(self, request, target),
                 timeout=self.limits.action_timeout_seconds + (request.args.get("wait") or 0),
@@ -241,6 +244,40 @@ class TenantApi:
                     user=caller.user,
                     detail=f"{audit['action']}: {audit.get('reason') or 'denied'}",
                 )
+
+    async def _rate_limited(
+        self, caller: Caller, untrusted: dict[str, Any], request_id: int | None
+    ) -> dict[str, Any]:
+        """A request over the caller's budget: refused, audited folded, and only after a delay,
+        so a flood slows down the flooder instead of the helper."""
+        untrusted_op = untrusted.get("op")
+        self.audit.write_folded(
+            ("rate-limited", caller.uid),
+            request_id=request_id,
+            uid=caller.uid,
+            user=caller.user,
+            pid=caller.pid,
+            action=untrusted_op if isinstance(untrusted_op, str) else None,
+            decision="rate-limited",
+            result="temporary",
+            message="too many requests",
+        )
+        delay = self.rate.seconds_until_token(caller.uid)
+        await asyncio.sleep(min(delay, RATE_LIMITED_DELAY_MAX_SECONDS))
+        return protocol.reply_error(
+            request_id, "temporary", "too many requests; slow down and try again"
+        )
+
+    def _audit_ready(self, audit: dict[str, Any]) -> bool:
+        """May an action that changes a domain go ahead, as far as the audit log goes?"""
+        if self.audit.writable():
+            return True
+        audit["audit_unwritable"] = True
+        if self.audit_fail_open:
+            log.error("the audit log cannot be written; acting anyway (audit_fail_open)")
+            return True
+        log.error("the audit log cannot be written; refusing %s", audit.get("action"))
+        return False
 
     def _sanitize(
         self,
@@ -302,68 +339,68 @@ class TenantApi:
 
     async def _authorize(
         self, request: Request, operation: Operation, audit: dict[str, Any]
-    ) -> Target | None:
+    ) -> tuple[Request, Target | None]:
+        """The decision for the request's action on its domain, taken again after every
+        await (a password check, the backend's lookup): a revocation, an expired rule or a
+        group change that lands meanwhile stops the action. Returns the request with the
+        caller as last looked up."""
         if operation.action is None or request.domain is None:
             audit["decision"] = "allow"
-            return None
-        decision = self.decide(request.caller, operation.action, request.domain)
+            return request, None
+        action, domain = operation.action, request.domain
+        decision = self.decide(request.caller, action, domain)
         audit["rule"] = decision.deciding.location if decision.deciding else None
         if not decision.allowed:
             audit["decision"] = "deny"
             audit["reason"] = decision.reason
-            raise not_found_or_denied(request.domain)
+            raise not_found_or_denied(domain)
         if decision.confirm:
             await self._confirm(request, operation, audit)
-        info = await self.backend.lookup(request.domain)
-        if info is None or info.name != request.domain:
+        info = await self.backend.lookup(domain)
+        if info is None or info.name != domain:
             audit["decision"] = "deny"
             audit["reason"] = "no such domain"
-            raise not_found_or_denied(request.domain)
+            raise not_found_or_denied(domain)
+        caller = self.callers.fresh(request.caller)
+        again = self.decide(caller, action, domain) if caller is not None else None
+        if caller is None or again is None or not again.allowed:
+            audit["decision"] = "deny"
+            audit["reason"] = "access ended while the request waited"
+            raise not_found_or_denied(domain)
+        audit["rule"] = again.deciding.location if again.deciding else None
         audit["decision"] = "allow"
         audit["uuid"] = info.uuid
-        return Target(info, audit["rule"])
+        return request._replace(caller=caller), Target(info, audit["rule"])
 
     async def _confirm(self, request: Request, operation: Operation, audit: dict[str, Any]) -> None:
-        """``confirm=password``: the tenant's password, checked by PAM, with a lockout."""
+        """``confirm=password``: the tenant's password, checked by PAM, with a lockout
+        (``confirm.PasswordChecker``)."""
         caller = request.caller
         audit["confirm"] = "password"
-        if not self.pam_service:
+        if not self.passwords.service:
             audit["decision"] = "deny"
             audit["reason"] = "confirm=password but PAM is off (pam_service)"
             raise Denied(f"{request.domain}: this action needs a password, which is not set up")
-        failures, locked_until = self._password_failures.get(caller.uid, (0, 0.0))
-        now = time.monotonic()
-        if locked_until > now:
+        locked = self.passwords.locked_for(caller.uid)
+        if locked > 0:
             audit["decision"] = "deny"
             audit["reason"] = "password lockout"
-            raise TemporaryFailure(
-                f"too many wrong passwords; try again in {int(locked_until - now) + 1} s"
-            )
+            raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
         if request.password is None:
             audit["decision"] = "confirm"
             raise ConfirmRequired(f"{operation.action} {request.domain} needs your password")
-        from vpsshell.daemon.pam_service import password_refusal
-
-        refusal = await asyncio.wait_for(
-            asyncio.to_thread(password_refusal, caller.user, request.password, self.pam_service),
-            timeout=30,
-        )
-        if refusal is not None:
-            failures += 1
-            lock = now + self.limits.password_lockout_seconds
-            self._password_failures[caller.uid] = (
-                (0, lock) if failures >= self.limits.password_attempts else (failures, 0.0)
-            )
-            audit["decision"] = "deny"
-            audit["reason"] = f"password not accepted: {refusal}"
-            if failures >= self.limits.password_attempts:
-                raise TemporaryFailure(
-                    "too many wrong passwords; try again in "
-                    f"{int(self.limits.password_lockout_seconds)} s"
-                )
+        outcome, reason = await self.passwords.check(caller.uid, caller.user, request.password)
+        if outcome is Outcome.ACCEPTED:
+            audit["confirmed"] = True
+            return
+        audit["decision"] = "deny"
+        audit["reason"] = reason
+        if outcome is Outcome.REFUSED:
             raise ConfirmRequired("password not accepted")
-        self._password_failures.pop(caller.uid, None)
-        audit["confirmed"] = True
+        if outcome is Outcome.BUSY:
+            raise TemporaryFailure("a password check is already under way; try again shortly")
+        locked = self.passwords.locked_for(caller.uid)
+        raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
 
     def decide(self, caller: Caller, action: str, domain: str) -> Decision:
         """The policy's decision; who may use a console may also watch it, unless denied."""
@@ -380,16 +417,21 @@ class TenantApi:
         return decision
 
     def still_attached_allowed(self, attachment: Attachment, domain: str) -> bool:
-        """After a policy reload: may this console attachment stay? Groups are looked up anew."""
-        caller = attachment.caller
-        fresh = resolve_caller(caller.pid, caller.uid, caller.gid)
+        """May this console attachment stay (after a policy reload, and at every periodic
+        re-check)? Groups are looked up anew; a refused account ends it."""
+        fresh = self.callers.fresh(attachment.caller)
         if fresh is None:
+            return False
+        if self.accounts is not None and self.accounts.last_refusal(fresh.uid) is not None:
             return False
         action = "console" if attachment.mode == "write" else "watch"
         return self.decide(fresh, action, domain).allowed
 
-    def may_see_events(self, caller: Caller, domain: str) -> bool:
-        return self.decide(caller, "events", domain).allowed
+    def may_see_events(self, caller: Caller, domain: str, *, confirmed: bool = False) -> bool:
+        """May ``caller`` see ``domain``'s events: a grant, and one that wants a password
+        (``confirm=``) only if the request showing them gave it (``confirmed``)."""
+        decision = self.decide(caller, "events", domain)
+        return decision.allowed and (confirmed or decision.confirm is None)
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
         lock = self._locks.get(uuid)
@@ -431,11 +473,23 @@ async def op_refused(api: TenantApi, request: Request, target: Target | None) ->
 
 @operation("list")
 async def op_list(api: TenantApi, request: Request, target: Target | None) -> Any:
+    """The domains the caller may ``status``. One whose ``status`` wants a password
+    (``confirm=``) is listed by name only, with ``"confirm"``: its state and the rest are
+    what ``status DOMAIN`` shows once the password is given."""
+    caller = request.caller
     domains = await api.backend.list_domains()
     visible = api.policy.policy.visible_domains(
-        request.caller.user, request.caller.groups, [d.name for d in domains]
+        caller.user, caller.groups, [d.name for d in domains]
     )
-    return [d.to_json() for d in domains if d.name in visible]
+    listed: list[dict[str, Any]] = []
+    for domain in domains:
+        if domain.name not in visible:
+            continue
+        confirm = api.decide(caller, "status", domain.name).confirm
+        listed.append(
+            {"name": domain.name, "confirm": confirm} if confirm is not None else domain.to_json()
+        )
+    return listed
 
 
 @operation("status", action="status", domain="required")
@@ -624,46 +678,90 @@ def _events_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
 class EventFilter:
     """Which events a tenant's ``events`` request shows, decided per event when it is sent.
 
-    With a domain, the events of that domain while the caller may still ``events`` it (once
-    not, ``revoked`` is True and the session ends). Without, the events of every domain the
-    caller may ``events`` at that moment. Either way only the kinds tenants see. The caller's
-    groups are looked up anew for every batch (``refresh``), as for any other decision."""
+    Kept events are matched by UUID: a kept event is shown only if its domain still exists
+    and the name it has now is one the request covers, whatever name the event was recorded
+    under. So a name given to another domain (a new UUID) shows none of the old domain's
+    events, a domain that is gone shows none, and a renamed domain keeps its own. New events
+    carry the name their domain has as they happen.
 
-    def __init__(self, api: TenantApi, caller: Caller, domain: str | None) -> None:
+    With a domain (authorized, and confirmed if its grant says ``confirm=``): that domain's
+    events, while the caller may still ``events`` it (once not, ``revoked`` is True and the
+    session ends); new events only while the name still stands for the same UUID. Without:
+    the events of every domain the caller may ``events`` at that moment, except a domain whose
+    grant wants a password (``events DOMAIN`` asks for it and shows them). Either way only the
+    kinds tenants see. The caller's groups are looked up anew for every batch (``refresh``),
+    as for any other decision."""
+
+    def __init__(
+        self, api: TenantApi, caller: Caller, target: DomainInfo | None, names: dict[str, str]
+    ) -> None:
         self.api = api
         self.caller: Caller | None = caller
-        self.domain = domain
+        self.domain = target.name if target is not None else None
+        self.uuid = target.uuid if target is not None else None
         self.revoked = False
+        # name -> the UUID it stands for now: from the backend when the request came, then
+        # from each new event that names the domain as it is (a ``console-detached`` may
+        # carry the name its console had when it was opened, so it never updates this)
+        self._uuid_of = {name: uuid for uuid, name in names.items()}
+        self._allowed: dict[str, bool] = {}  # name -> may_see_events, until the next refresh
 
     def refresh(self) -> None:
         caller = self.caller
         if caller is not None:
             self.caller = resolve_caller(caller.pid, caller.uid, caller.gid)
+        self._allowed.clear()
         if self.domain is not None and not self.allows(self.domain):
             self.revoked = True
 
-    def allows(self, domain: str) -> bool:
-        return self.caller is not None and self.api.may_see_events(self.caller, domain)
+    def allows(self, name: str) -> bool:
+        """May the caller see the events of ``name`` now (a password given counts only for
+        the domain the request named)."""
+        allowed = self._allowed.get(name)
+        if allowed is None:
+            allowed = self.caller is not None and self.api.may_see_events(
+                self.caller, name, confirmed=name == self.domain
+            )
+            self._allowed[name] = allowed
+        return allowed
+
+    def shows_kept(self, event: Event, name: str) -> bool:
+        """A kept event of the domain that is called ``name`` now."""
+        if self.revoked or event.kind not in TENANT_KINDS:
+            return False
+        if self.uuid is not None:
+            return event.uuid == self.uuid
+        return self.allows(name)
 
     def shows(self, event: Event) -> bool:
-        if self.revoked or event.kind not in TENANT_KINDS or event.domain is None:
+        """A new event, as it is sent."""
+        name, uuid = event.domain, event.uuid
+        if self.revoked or event.kind not in TENANT_KINDS or name is None or uuid is None:
             return False
-        if self.domain is not None:
-            return event.domain == self.domain
-        return self.allows(event.domain)
+        if event.kind != "console-detached":
+            self._uuid_of[name] = uuid
+        elif self._uuid_of.get(name, uuid) != uuid:
+            return False  # that name stands for another domain now
+        if self.uuid is not None:
+            return (name, uuid) == (self.domain, self.uuid)
+        return self.allows(name)
 
 
 @operation("events", action="events", domain="optional", args=_events_args)
 async def op_events(api: TenantApi, request: Request, target: Target | None) -> Any:
     """The kept events of the caller's domains; with ``follow`` the connection then carries
-    new ones as they happen (see ``events_session``)."""
+    new ones as they happen (see ``events_session``). Without a domain, ``withheld`` names
+    the domains whose events were left out because their grant wants a password."""
     from vpsshell.daemon.events_session import run_events_session
 
-    domain = target.info.name if target is not None else None
-    shown = EventFilter(api, request.caller, domain)
+    caller = request.caller
+    if target is not None:
+        names = {target.info.uuid: target.info.name}
+    else:  # the UUID each name stands for now
+        names = {d.uuid: d.name for d in await api.backend.list_domains()}
+    shown = EventFilter(api, caller, target.info if target is not None else None, names)
     # no await from here on: the history and the follower see every event exactly once
-    names = [domain] if domain is not None else api.events.domains()
-    history = [e for e in api.events.history(names) if shown.shows(e)]
+    history = [e for e in api.events.history(names) if shown.shows_kept(e, names[e.uuid or ""])]
     lines: int = request.args["lines"]
     history = history[-lines:] if lines else []
     budget, kept = LOG_REPLY_BUDGET, []
@@ -678,11 +776,18 @@ async def op_events(api: TenantApi, request: Request, target: Target | None) -> 
     request.audit["follow"] = follow
     request.audit["events"] = len(kept)
     result: dict[str, Any] = {
-        "domain": domain,
+        "domain": shown.domain,
         "events": kept,
         "truncated": len(kept) < len(history),
         "follow": follow,
     }
+    if target is None:
+        visible = api.policy.policy.visible_domains(caller.user, caller.groups, names.values())
+        result["withheld"] = sorted(
+            name
+            for name in visible
+            if api.may_see_events(caller, name, confirmed=True) and not shown.allows(name)
+        )
     if follow:
         follower = api.events.follow()
 

@@ -17,8 +17,10 @@ from vpsshell import __version__
 
 if TYPE_CHECKING:
     from vpsshell.backends.base import Backend
+    from vpsshell.daemon.accounts import AccountChecker
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.config import DaemonConfig
+    from vpsshell.daemon.confirm import PasswordChecker
     from vpsshell.daemon.consoles import ConsoleManager
     from vpsshell.daemon.events import EventRecord
     from vpsshell.daemon.hooks import HookRunner
@@ -45,7 +47,12 @@ class RunningHelper:
         hooks: HookRunner,
         tenant: Listener,
         admin: Listener,
+        *,
+        guard: asyncio.Task[None] | None = None,
+        checkers: tuple[AccountChecker, PasswordChecker] | None = None,
     ) -> None:
+        self.guard = guard
+        self.checkers = checkers
         self.events = events
         self.hooks = hooks
         self.backend = backend
@@ -56,6 +63,8 @@ class RunningHelper:
         self.admin = admin
 
     async def stop(self) -> None:
+        if self.guard is not None:
+            self.guard.cancel()
         self.tenant.stop_accepting()
         self.admin.stop_accepting()
         await self.consoles.stop()  # attached consoles are told that the helper is stopping
@@ -64,6 +73,8 @@ class RunningHelper:
         await self.admin.stop()
         await self.hooks.stop()  # a running hook gets a moment, then is killed
         await self.backend.close()
+        for checker in self.checkers or ():
+            checker.close()
         self.audit.close()
 
 
@@ -71,15 +82,18 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     """Open everything the config names and start listening."""
     from vpsshell.backends import create_backend
     from vpsshell.daemon import systemd
+    from vpsshell.daemon.accounts import AccountChecker
     from vpsshell.daemon.admin_api import AdminApi
     from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
+    from vpsshell.daemon.confirm import PasswordChecker
     from vpsshell.daemon.consoles import Attachment, ConsoleManager
     from vpsshell.daemon.events import EventRecord
     from vpsshell.daemon.hooks import HookRunner
     from vpsshell.daemon.peer import Caller
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener, bind_socket
+    from vpsshell.daemon.session_guard import SessionGuard
 
     audit = AuditLog(config.audit_log)
     audit.open()
@@ -90,7 +104,11 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     events = EventRecord(limits.events_history, limits.events_follower_queue)
     events.subscribe_backend(backend)
     hooks = HookRunner(
-        config.hooks_dir, timeout=limits.hook_timeout_seconds, queue_limit=limits.hook_queue_events
+        config.hooks_dir,
+        timeout=limits.hook_timeout_seconds,
+        queue_limit=limits.hook_queue_events,
+        tenant_queue_limit=limits.hook_queue_tenant_events,
+        tenant_queue_per_user=limits.hook_queue_tenant_events_per_user,
     )
     events.add_listener(hooks.submit)
     hooks.start()
@@ -143,20 +161,28 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         consoles.revoke(tenant_api.still_attached_allowed)
 
     policy = PolicyState(config.policy_dir)
-    tenant_api = TenantApi(backend, policy, audit, limits, consoles, events, config.pam_service)
+    accounts = AccountChecker(config.pam_service, threads=limits.account_check_threads)
+    passwords = PasswordChecker(
+        config.pam_service,
+        attempts=limits.password_attempts,
+        lockout_seconds=limits.password_lockout_seconds,
+        threads=limits.password_check_threads,
+        queue=limits.password_checks_in_flight,
+    )
+    tenant_api = TenantApi(
+        backend,
+        policy,
+        audit,
+        limits,
+        consoles,
+        events,
+        passwords,
+        accounts,
+        audit_fail_open=config.audit_fail_open,
+    )
 
-    async def admit(caller: Caller) -> str | None:
-        if not config.pam_service:
-            return None
-        from vpsshell.daemon.pam_service import account_refusal
-
-        try:
-            return await asyncio.wait_for(
-                asyncio.to_thread(account_refusal, caller.user, config.pam_service), timeout=30
-            )
-        except Exception as exc:  # PAM missing or hung: fail closed
-            log.error("PAM account check for %s failed: %r", caller.user, exc)
-            return "the account check failed"
+    async def admit(caller: Caller, max_age: float | None) -> str | None:
+        return await accounts.refusal(caller.uid, caller.user, max_age or 0.0)
 
     policy.on_reload = on_reload
     policy.reload()
@@ -179,8 +205,27 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         config.limits,
         audit,
         allowed_uids=frozenset({0, os.geteuid()}),
+        rate_limit_connections=False,  # root only
+    )
+    guard = SessionGuard(
+        tenant_api,
+        consoles,
+        accounts,
+        interval=limits.session_recheck_seconds,
+        account_max_age=limits.account_recheck_seconds,
     )
     await tenant.start()
     await admin.start()
     log.info("vpsshelld %s listening on %s (backend %s)", __version__, config.socket, backend.kind)
-    return RunningHelper(backend, audit, policy, consoles, events, hooks, tenant, admin)
+    return RunningHelper(
+        backend,
+        audit,
+        policy,
+        consoles,
+        events,
+        hooks,
+        tenant,
+        admin,
+        guard=asyncio.create_task(guard.run(), name="session-guard"),
+        checkers=(accounts, passwords),
+    )

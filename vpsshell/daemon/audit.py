@@ -1,21 +1,38 @@
 """The audit log: one JSON line per request, allowed or denied, written before the reply.
 
-Lines are appended with a single ``write`` on an ``O_APPEND`` descriptor, so concurrent writers
-never interleave within a line. Values are JSON-escaped, so nothing a tenant sends can forge a
-line break or a second record. A failed write is logged loudly; it never takes the helper down.
+Lines are appended with ``write`` on an ``O_APPEND`` descriptor, so concurrent writers never
+interleave within a line. Values are JSON-escaped, so nothing a tenant sends can forge a line
+break or a second record. A write that fails part-way leaves a truncated record behind; the
+next record then starts on a line of its own, so two records can never merge into one.
+
+A failed write is logged loudly and never takes the helper down, but the log remembers it:
+``writable()`` is False after a failure (until a write succeeds again) and while the file
+system has less than ``MIN_FREE_BYTES`` left, and the tenant API then refuses actions that
+change a domain (fail closed) unless the admin chose ``audit_fail_open``.
+
+Floods are folded: records that a tenant can provoke at will and that say the same thing
+(refused connections, requests over the rate limit) are written once per ``FOLD_SECONDS`` and
+key, followed by one record with ``"repeated": N`` for the rest of that window.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("vpsshell.audit")
 
 MAX_FIELD_CHARS = 512
+MIN_FREE_BYTES = 1024 * 1024  # below this, actions that change a domain are refused
+FOLD_SECONDS = 10.0
+MAX_FOLDS = 10_000  # distinct keys being folded at once; past that, records are written as is
+ERROR_LOG_EVERY_SECONDS = 60.0
 
 
 def _clip(value: Any) -> Any:
@@ -24,31 +41,114 @@ def _clip(value: Any) -> Any:
     return value
 
 
+@dataclass
+class _Fold:
+    until: float
+    repeated: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+    first_time: str = ""
+
+
 class AuditLog:
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
+        self._broken_line = False  # the file may end in a partial record
+        self._failed = False
+        self._last_error_logged = 0.0
+        self._folds: dict[Hashable, _Fold] = {}
 
     def open(self) -> None:
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o750, exist_ok=True)
         self._fd = os.open(
-            self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
+            self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640
         )
+        size = os.fstat(self._fd).st_size
+        if size:  # a helper killed in mid-write (or a full disk) may have left half a line
+            self._broken_line = os.pread(self._fd, 1, size - 1) != b"\n"
 
     def close(self) -> None:
+        self.flush_folds()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def write(self, **fields: Any) -> None:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        record.update({key: _clip(value) for key, value in fields.items()})
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+    def writable(self) -> bool:
+        """Whether records can be written now: the last write worked and there is room."""
+        if self._failed:
+            return False
         try:
             if self._fd is None:
                 self.open()
             assert self._fd is not None
-            os.write(self._fd, line.encode("ascii"))
+            fs = os.fstatvfs(self._fd)
+        except OSError:
+            return False
+        free_blocks = fs.f_bfree if os.geteuid() == 0 else fs.f_bavail
+        return free_blocks * fs.f_frsize >= MIN_FREE_BYTES
+
+    def write(self, **fields: Any) -> bool:
+        """Append one record; False if it could not be written (the failure is logged)."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record.update({key: _clip(value) for key, value in fields.items()})
+        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        data = line.encode("ascii")
+        if self._broken_line:
+            data = b"\n" + data
+        try:
+            if self._fd is None:
+                self.open()
+            assert self._fd is not None
+            written = os.write(self._fd, data)
+            if written != len(data):  # a full file system can take part of a record
+                self._broken_line = True
+                raise OSError(f"short write ({written} of {len(data)} bytes)")
         except OSError as exc:
-            log.error("cannot write the audit log %s: %s; record was: %s", self.path, exc, line)
+            self._broken_line = True  # whatever reached the file, start the next record afresh
+            self._failed = True
+            now = time.monotonic()
+            if now - self._last_error_logged >= ERROR_LOG_EVERY_SECONDS:
+                self._last_error_logged = now
+                log.error(
+                    "cannot write the audit log %s: %s; actions that change domains are refused "
+                    "until it can be written (audit_fail_open); record was: %s",
+                    self.path,
+                    exc,
+                    line.rstrip(),
+                )
+            return False
+        self._broken_line = False
+        if self._failed:
+            log.warning("the audit log %s can be written again", self.path)
+            self._failed = False
+        return True
+
+    def write_folded(self, key: Hashable, **fields: Any) -> None:
+        """Write a record that a tenant can provoke at will: the first of a window is written
+        now, the rest of the window become one record with ``"repeated": N`` at its end."""
+        now = time.monotonic()
+        fold = self._folds.get(key)
+        if fold is not None and now < fold.until:
+            fold.repeated += 1
+            fold.fields = fields
+            return
+        if fold is not None:
+            self._end_fold(key)
+        self.write(**fields)
+        if len(self._folds) >= MAX_FOLDS:
+            return
+        self._folds[key] = _Fold(until=now + FOLD_SECONDS)
+        try:
+            asyncio.get_running_loop().call_later(FOLD_SECONDS, self._end_fold, key)
+        except RuntimeError:  # no event loop (tests, tools): the next record or close() ends it
+            pass
+
+    def _end_fold(self, key: Hashable) -> None:
+        fold = self._folds.pop(key, None)
+        if fold is not None and fold.repeated:
+            self.write(**fold.fields, repeated=fold.repeated, folded_seconds=FOLD_SECONDS)
+
+    def flush_folds(self) -> None:
+        for key in list(self._folds):
+            self._end_fold(key)

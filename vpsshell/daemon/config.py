@@ -31,15 +31,31 @@ class Limits:
     idle_timeout_seconds: float = 3600.0  # a connection with no request for this long is closed
     password_attempts: int = 3  # confirm=password failures before a lockout
     password_lockout_seconds: float = 60.0
+    password_check_threads: int = 2  # PAM password checks run on a pool of their own
+    password_checks_in_flight: int = 32  # all users together; more are refused as busy
+    connections_per_minute: int = 120  # new connections per user, token bucket
+    connections_burst: int = 30
+    account_check_threads: int = 4  # PAM account checks: a pool of their own, one per uid at a time
+    account_recheck_seconds: float = 60.0  # connections and sessions are checked again this often
+    session_recheck_seconds: float = 30.0  # consoles, followers re-authorized at least this often
     console_ring_bytes: int = 64 * 1024  # scrollback kept per domain, for replay on attach
     console_replay_default_bytes: int = 16 * 1024
     console_log_bytes: int = 1024 * 1024  # per file; then rotated
-    console_log_files: int = 4  # NAME.log plus NAME.log.1 .. .3
+    console_log_files: int = 4  # UUID.log plus UUID.log.1 .. .3
     console_client_queue_bytes: int = 1024 * 1024  # a viewer this far behind is dropped
+    console_watchers_per_user: int = 4  # watch sessions of one user on one domain
+    console_watchers_per_domain: int = 64  # all users together; the writer's slot is apart
+    console_input_bytes_per_second: int = 16 * 1024  # what one console session may type...
+    console_input_burst_bytes: int = 64 * 1024  # ...and at once (a paste); more waits, not lost
+    console_log_bytes_per_hour: int = 1024 * 1024  # a log takes one file at once, then this
+    console_log_keep_days: int = 30  # logs of a domain the helper has not seen this long go
+    console_log_keep_domains: int = 1000  # logs of domains gone are kept for at most this many
     events_history: int = 1000  # events kept in memory for ``events`` (all domains together)
     events_follower_queue: int = 256  # an ``events --follow`` client this far behind is dropped
     hook_timeout_seconds: float = 10.0  # then the hook's process group is killed
-    hook_queue_events: int = 1000  # events waiting for the hooks; more are dropped for hooks
+    hook_queue_events: int = 1000  # lifecycle events waiting for the hooks; more are dropped
+    hook_queue_tenant_events: int = 1000  # console-* and denied waiting (own queue, runs after)
+    hook_queue_tenant_events_per_user: int = 100  # of those, caused by one user
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class DaemonConfig:
     hooks_dir: str = paths.HOOKS_DIR
     policy_poll_seconds: float = 1.0
     pam_service: str = "vpsshell"  # "" turns PAM off (the unprivileged demo does)
+    audit_fail_open: bool = False  # True: act even when the audit log cannot be written
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
@@ -96,7 +113,13 @@ def _limits(table: dict[str, Any]) -> Limits:
 
 
 def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig:
-    known = set(_PATH_KEYS) | {"backend", "limits", "policy_poll_seconds", "pam_service"}
+    known = set(_PATH_KEYS) | {
+        "backend",
+        "limits",
+        "policy_poll_seconds",
+        "pam_service",
+        "audit_fail_open",
+    }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown key(s): {', '.join(sorted(unknown))}")
@@ -114,6 +137,10 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         if not isinstance(service, str) or not all(c.isalnum() or c in "_.-" for c in service):
             raise ConfigError(f'{source}: pam_service: expected a PAM service name or ""')
         values["pam_service"] = service
+    if "audit_fail_open" in data:
+        if not isinstance(data["audit_fail_open"], bool):
+            raise ConfigError(f"{source}: audit_fail_open: expected true or false")
+        values["audit_fail_open"] = data["audit_fail_open"]
     limits = data.get("limits", {})
     backend = data.get("backend", {"type": "sim"})
     if not isinstance(limits, dict):

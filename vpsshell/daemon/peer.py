@@ -1,7 +1,10 @@
 """Who is on the other end of a Unix socket, according to the kernel and NSS only.
 
 ``SO_PEERCRED`` gives the uid, gid and pid of the process that connected; the user name and
-groups come from NSS at decision time. Nothing a client sends is ever used for identity.
+groups come from NSS at decision time: ``CallerLookup`` looks them up anew for every request
+(reusing an answer for at most ``CALLER_CACHE_SECONDS``), so a user removed from a group loses
+what the group granted at the next request, not at the next connection. Nothing a client sends
+is ever used for identity.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import pwd
 import socket
 import struct
+import time
 from typing import NamedTuple
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -44,3 +48,29 @@ def resolve_caller(pid: int, uid: int, gid: int) -> Caller | None:
         except KeyError:
             continue
     return Caller(uid, gid, pid, entry.pw_name, tuple(sorted(set(names))))
+
+
+CALLER_CACHE_SECONDS = 1.0
+MAX_CACHED_CALLERS = 10_000
+
+
+class CallerLookup:
+    """Callers as NSS says they are now, at most ``CALLER_CACHE_SECONDS`` old."""
+
+    def __init__(self, max_age: float = CALLER_CACHE_SECONDS) -> None:
+        self.max_age = max_age
+        self._known: dict[int, tuple[float, Caller | None]] = {}
+
+    def fresh(self, caller: Caller) -> Caller | None:
+        """``caller`` with its name and groups looked up again; None if the uid is gone."""
+        now = time.monotonic()
+        known = self._known.get(caller.uid)
+        if known is None or now - known[0] >= self.max_age:
+            if len(self._known) >= MAX_CACHED_CALLERS:
+                self._known.clear()
+            known = (now, resolve_caller(caller.pid, caller.uid, caller.gid))
+            self._known[caller.uid] = known
+        found = known[1]
+        if found is None:
+            return None
+        return found._replace(pid=caller.pid, gid=caller.gid)

@@ -2,8 +2,11 @@
 
 This module knows framing and limits, not operations: each decoded request goes to an API
 object (tenant or admin). It identifies every connection by ``SO_PEERCRED`` before reading a
-byte, caps connections per user, frame sizes and idle time, and drops a connection that sends
-garbage, without letting any of that reach the rest of the helper.
+byte, takes its connection slot before waiting for anything (``admission``), checks the
+account (PAM, ``admit``) when it opens and again every ``account_recheck_seconds`` while it
+lasts, caps frame sizes and idle time, and drops a connection that sends garbage, without
+letting any of that reach the rest of the helper. Refusals a tenant can provoke at will are
+audited folded (``AuditLog.write_folded``), so a flood costs the flooder, not the log.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import logging
 import os
 import socket
 import stat
-from collections import Counter
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vpsshell import protocol
+from vpsshell.daemon.admission import Admission
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.peer import Caller, peer_credentials, resolve_caller
@@ -35,6 +39,10 @@ def _closed_reader() -> asyncio.StreamReader:
     reader.feed_eof()
     return reader
 
+
+# a check of a caller's account (PAM account management): None if accepted, else why not; the
+# float is the oldest verdict that may be reused (None: the checker's own default)
+Admit = Callable[[Caller, float | None], Awaitable[str | None]]
 
 RequestHandler = Callable[
     [Caller, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
@@ -97,8 +105,9 @@ class Listener:
         limits: Limits,
         audit: AuditLog,
         allowed_uids: frozenset[int] | None = None,
-        admit: Callable[[Caller], Awaitable[str | None]] | None = None,
+        admit: Admit | None = None,
         owns_path: bool = True,
+        rate_limit_connections: bool = True,
     ) -> None:
         self.owns_path = owns_path
         self.admit = admit  # a check of each new caller (PAM account management)
@@ -109,7 +118,7 @@ class Listener:
         self.limits = limits
         self.audit = audit
         self.allowed_uids = allowed_uids
-        self.connections: Counter[int] = Counter()
+        self.admission = Admission(limits, rate_limited=rate_limit_connections)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -149,8 +158,10 @@ class Listener:
                 await writer.wait_closed()
 
     def _refuse(self, uid: int, pid: int, user: str | None, result: str, message: str) -> None:
-        """Audit a connection turned away before any request was read."""
-        self.audit.write(
+        """Audit a connection turned away before any request was read (folded per uid and
+        reason: a tenant can provoke these as fast as they can connect)."""
+        self.audit.write_folded(
+            ("connect", self.name, uid, result, message),
             socket=self.name,
             uid=uid,
             user=user,
@@ -161,46 +172,46 @@ class Listener:
             message=message,
         )
 
+    @staticmethod
+    def _say(writer: asyncio.StreamWriter, kind: str, message: str) -> None:
+        """One error reply to a connection that is about to be closed; never waits."""
+        with contextlib.suppress(Exception):
+            writer.write(protocol.encode_message(protocol.reply_error(None, kind, message)))
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         pid, uid, gid = peer_credentials(writer.get_extra_info("socket"))
         if self.allowed_uids is not None and uid not in self.allowed_uids:
             self._refuse(uid, pid, None, "denied", "not an admin")
             return
-        caller = resolve_caller(pid, uid, gid)
-        if caller is None:
-            self._refuse(uid, pid, None, "denied", "uid has no passwd entry")
-            await self._send(writer, protocol.reply_error(None, "denied", "unknown user"))
+        # the slot is taken before any await, so connections still being checked count
+        full = self.admission.reserve(uid)
+        if full is not None:
+            self._refuse(uid, pid, None, "temporary", full)
+            self._say(writer, "temporary", full)
             return
-        if (
-            self.connections[uid] >= self.limits.max_connections_per_user
-            or sum(self.connections.values()) >= self.limits.max_connections
-        ):
-            self._refuse(uid, pid, caller.user, "temporary", "too many connections")
-            await self._send(
-                writer,
-                protocol.reply_error(
-                    None, "temporary", "too many open sessions; close one and try again"
-                ),
-            )
-            return
-        if self.admit is not None:
-            refusal = await self.admit(caller)
-            if refusal is not None:
-                self._refuse(uid, pid, caller.user, "denied", f"account refused: {refusal}")
-                await self._send(
-                    writer,
-                    protocol.reply_error(
-                        None, "denied", "your account may not use vpsshell (ask your provider)"
-                    ),
-                )
-                return
-        self.connections[uid] += 1
         try:
+            caller = resolve_caller(pid, uid, gid)
+            if caller is None:
+                self._refuse(uid, pid, None, "denied", "uid has no passwd entry")
+                self._say(writer, "denied", "unknown user")
+                return
+            if not await self._account_accepted(caller, writer, None):
+                return
             await self._request_loop(caller, reader, writer)
         finally:
-            self.connections[uid] -= 1
-            if self.connections[uid] <= 0:
-                del self.connections[uid]
+            self.admission.release(uid)
+
+    async def _account_accepted(
+        self, caller: Caller, writer: asyncio.StreamWriter, max_age: float | None
+    ) -> bool:
+        if self.admit is None:
+            return True
+        refusal = await self.admit(caller, max_age)
+        if refusal is None:
+            return True
+        self._refuse(caller.uid, caller.pid, caller.user, "denied", f"account refused: {refusal}")
+        self._say(writer, "denied", "your account may not use vpsshell (ask your provider)")
+        return False
 
     async def _request_loop(
         self, caller: Caller, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -208,6 +219,8 @@ class Listener:
         async def send(message: dict[str, Any]) -> None:
             await self._send(writer, message)
 
+        recheck = self.limits.account_recheck_seconds
+        checked = time.monotonic()
         while True:
             try:
                 header = await asyncio.wait_for(
@@ -240,6 +253,10 @@ class Listener:
                 with contextlib.suppress(ConnectionError):
                     await self._send(writer, protocol.reply_error(None, "usage", str(exc)))
                 return
+            if time.monotonic() - checked >= recheck:  # a long connection: is it still allowed?
+                if not await self._account_accepted(caller, writer, recheck):
+                    return
+                checked = time.monotonic()
             reply = await self.handle_request(caller, untrusted_message, send)
             # a console request hands the rest of the connection to its session
             session: Session | None = reply.pop(SESSION_KEY, None)
@@ -252,6 +269,7 @@ class Listener:
             if session is not None:
                 await session(reader, writer)
                 return
+            await asyncio.sleep(0)  # pipelined requests: let other connections have a turn
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
