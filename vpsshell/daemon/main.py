@@ -68,6 +68,20 @@ def _detach() -> None:
         os.dup2(devnull, fd)
 
 
+MAX_OPEN_FILES = 65536
+
+
+def _raise_open_files_limit() -> None:
+    """Up to the hard limit (at most ``MAX_OPEN_FILES``): a burst of tenants' connections is
+    refused one by one, never by running out of descriptors, which would refuse everybody."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 async def _serve(config: DaemonConfig) -> int:
     from vpsshell.daemon import systemd
     from vpsshell.daemon.assembly import start_helper
@@ -110,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.foreground:
         _detach()
+    _raise_open_files_limit()
     try:
         return asyncio.run(_serve(config))
     except (ConfigError, BackendConfigError, RuntimeError, OSError) as exc:

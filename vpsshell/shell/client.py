@@ -112,7 +112,12 @@ class HelperClient:
         self._next_id += 1
         try:
             sock.settimeout(timeout)
-            sock.sendall(protocol.encode_message(protocol.request(request_id, op, args or {})))
+            try:
+                sock.sendall(protocol.encode_message(protocol.request(request_id, op, args or {})))
+            except (BrokenPipeError, ConnectionResetError):
+                # the helper refused the connection (too many, rate limited, account refused)
+                # and closed it: its one-line reason may still be waiting to be read
+                pass
             while True:
                 result = reply_result(self._read_message(sock), request_id, on_progress)
                 if result is not PENDING:
