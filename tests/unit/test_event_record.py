@@ -1,5 +1,6 @@
-"""The helper's event record: the history's bound and fairness, what it keeps, followers that
-fall behind, listeners that fail, and the backend's events arriving through ``subscribe``."""
+"""The helper's event record: the history's bound and fairness, what it keeps (per UUID, so a
+reused name starts empty), followers that fall behind, listeners that fail, and the backend's
+events arriving through ``subscribe``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,26 @@ def test_history_is_bounded_and_a_flood_of_one_domain_keeps_the_others() -> None
     assert [e.domain for e in kept[:2]] == ["web2", "db1"]  # never pushed out by web1's flood
     assert [e.detail for e in kept[2:]] == [str(i) for i in range(92, 100)]  # web1's newest
     assert [e.seq for e in kept] == sorted(e.seq for e in kept)
-    assert [e.domain for e in record.history(["db1", "nosuch"])] == ["db1"]
+    assert [e.domain for e in record.history(["u3", "nosuch"])] == ["db1"]
+
+
+def test_history_is_kept_per_uuid_whatever_the_name() -> None:
+    record = EventRecord(history_limit=10, follower_queue=10)
+    record.record("console-attached", domain="a-web", uuid="old", user="alice", detail="write")
+    record.record("started", domain="a-web", uuid="new")  # the name given to another domain
+    record.record("stopped", domain="renamed", uuid="old")  # the first one, renamed
+    assert [(e.kind, e.domain) for e in record.history(["new"])] == [("started", "a-web")]
+    assert [e.kind for e in record.history(["old"])] == ["console-attached", "stopped"]
+    assert sorted(record.uuids()) == ["new", "old"]
+
+
+def test_an_event_without_a_uuid_is_not_kept(caplog: pytest.LogCaptureFixture) -> None:
+    record = EventRecord(history_limit=10, follower_queue=10)
+    heard: list[Event] = []
+    record.add_listener(heard.append)
+    record.record("console-attached", domain="web1", user="alice")
+    assert record.history() == [] and len(heard) == 1
+    assert "has no UUID; not kept" in caplog.text
 
 
 def test_events_for_hooks_only_are_not_kept_but_reach_listeners_and_followers() -> None:
@@ -56,12 +76,12 @@ def test_a_slow_follower_is_dropped_and_holds_up_nobody() -> None:
         record = EventRecord(history_limit=100, follower_queue=3)
         slow, fast = record.follow(), record.follow()
         for index in range(3):
-            record.record("started", domain="web1", detail=str(index))
+            record.record("started", domain="web1", uuid="u1", detail=str(index))
         assert [e.detail for e in await fast.next_events()] == ["0", "1", "2"]
-        record.record("stopped", domain="web1", detail="3")  # slow's queue is full: dropped
+        record.record("stopped", domain="web1", uuid="u1", detail="3")  # slow's queue is full
         assert slow.closed_reason == "too-slow"
         assert "keep up" in slow.closed_text
-        record.record("started", domain="web1", detail="4")
+        record.record("started", domain="web1", uuid="u1", detail="4")
         # what was queued before the drop is still delivered, then the end
         assert [e.detail for e in await slow.next_events()] == ["0", "1", "2"]
         assert await slow.next_events() == []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from vpsshell.daemon.events import EventRecord
+from vpsshell.daemon.events import Event, EventRecord
 from vpsshell.daemon.hooks import HookRunner, skip_reason
 
 ME = frozenset({os.geteuid()})
@@ -178,23 +178,69 @@ def test_the_timeout_kills_the_whole_process_group(hooks_dir: Path, tmp_path: Pa
     assert not stat_path.exists() or stat_path.read_text().split()[2] == "Z"
 
 
-def test_a_full_queue_drops_for_hooks_and_denials_go_first(
+def queued(runner: HookRunner) -> list[Event]:
+    """Everything waiting, in the order the worker would take it (emptying the queues)."""
+    taken = []
+    while (event := runner._next()) is not None:
+        taken.append(event)
+    return taken
+
+
+def test_tenants_events_never_push_out_a_lifecycle_event(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def scenario() -> tuple[int, int]:
-        record = EventRecord(100, 100)
-        runner = HookRunner("/nonexistent", timeout=1, queue_limit=4)
-        record.add_listener(runner.submit)  # no worker: nothing is taken off the queue
-        record.record("started", domain="web1")
-        record.record("started", domain="web2")
-        record.record("denied", domain="web9", user="mallory")  # queue half full: dropped
-        record.record("stopped", domain="web1")
-        record.record("stopped", domain="web2")
-        record.record("crashed", domain="web1")  # full: dropped
-        return runner._queue.qsize(), runner.dropped
+    record = EventRecord(100, 100)
+    runner = HookRunner(
+        "/nonexistent", timeout=1, queue_limit=4, tenant_queue_limit=6, tenant_queue_per_user=3
+    )
+    record.add_listener(runner.submit)  # no worker: nothing is taken off the queues
+    record.record("started", domain="web1", uuid="u1")
+    for index in range(750):  # one tenant's loop of console --takeover
+        record.record("console-takeover", domain="m1", uuid="m", user="mallory", detail=str(index))
+        record.record("denied", domain="web1", user="mallory")
+    record.record("console-attached", domain="db1", uuid="d", user="carol", detail="write")
+    record.record("crashed", domain="db1", uuid="d", detail="panic")
+    taken = queued(runner)
+    # lifecycle first, in order; then the tenants' events, in order, mallory's newest three
+    assert [(e.kind, e.domain) for e in taken[:2]] == [("started", "web1"), ("crashed", "db1")]
+    assert [(e.kind, e.user) for e in taken[2:]] == [
+        ("denied", "mallory"),
+        ("console-takeover", "mallory"),
+        ("denied", "mallory"),
+        ("console-attached", "carol"),
+    ]
+    assert taken[3].detail == "749"
+    assert (runner.dropped_lifecycle, runner.dropped_tenant_caused) == (0, 1497)
+    assert runner.dropped == 1497
+    assert "queue of tenants' events full; console-takeover m1 by mallory dropped" in caplog.text
 
-    assert asyncio.run(scenario()) == (4, 2)
-    assert "dropped for hooks" in caplog.text
+
+def test_full_queues_take_room_from_whoever_has_the_most_waiting() -> None:
+    record = EventRecord(100, 100)
+    runner = HookRunner(
+        "/nonexistent", timeout=1, queue_limit=4, tenant_queue_limit=4, tenant_queue_per_user=3
+    )
+    record.add_listener(runner.submit)
+    for user in ("alice", "bob", "carol"):  # under their shares, but 6 in a queue of 4
+        for _ in range(2):
+            record.record("console-attached", domain="x", uuid="x", user=user)
+    users = [e.user for e in queued(runner) if e.kind == "console-attached"]
+    # alice (most waiting) made room for carol's first; carol's second, a tie with bob, her own
+    assert sorted(users) == ["alice", "bob", "bob", "carol"]
+    # lifecycle events, per domain: a domain in a start/stop loop loses its own oldest
+    record.record("crashed", domain="db1", uuid="d")
+    for index in range(10):
+        record.record(
+            "started" if index % 2 else "stopped", domain="web1", uuid="w", detail=str(index)
+        )
+    taken = queued(runner)
+    assert [(e.kind, e.detail) for e in taken] == [
+        ("crashed", ""),
+        ("started", "7"),
+        ("stopped", "8"),
+        ("started", "9"),
+    ]
+    assert runner.dropped_lifecycle == 7
 
 
 def test_hooks_run_one_at_a_time_in_event_order(hooks_dir: Path, tmp_path: Path) -> None:

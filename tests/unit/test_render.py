@@ -7,7 +7,7 @@ import json
 
 from vpsshell.shell.commands import Output
 from vpsshell.shell.environment import Environment
-from vpsshell.shell.render import format_uptime, inert, show
+from vpsshell.shell.render import format_uptime, inert, show, show_motd
 
 DOMAIN = {
     "name": "evil\x1b]0;pwned\x07\u202e",
@@ -106,3 +106,41 @@ def test_no_events_says_so_except_in_json_and_a_cut_history_is_reported() -> Non
     environment, out = env()
     show(Output("events", {**EVENTS, "truncated": True}), environment)
     assert "older events left out" in environment.stderr.getvalue()
+
+
+LOCKED = {"name": "vault\x1b[31m", "confirm": "password"}  # list: status wants a password
+
+
+def test_a_domain_listed_by_name_only_has_empty_cells_and_a_note() -> None:
+    environment, out = env()
+    show(Output("domains", [DOMAIN, LOCKED]), environment)
+    lines = out.getvalue().splitlines()
+    assert lines[2].split() == ["vault\\x1b[31m", "-", "-", "-", "-", "-"]
+    assert lines[3] == "vault\\x1b[31m: details need your password ('status vault\\x1b[31m' asks)"
+    assert "None" not in out.getvalue() and "? MiB" not in out.getvalue()
+    environment, out = env()
+    show(Output("domains", [LOCKED, {**LOCKED, "name": "safe"}]), environment)
+    assert out.getvalue().splitlines()[-1] == (
+        "vault\\x1b[31m, safe: details need your password ('status DOMAIN' asks)"
+    )
+    environment, out = env()
+    show(Output("domains", [DOMAIN, LOCKED]), environment, as_json=True)
+    assert json.loads(out.getvalue()) == [DOMAIN, LOCKED]
+
+
+def test_events_left_out_for_a_password_are_named_on_stderr() -> None:
+    environment, out = env()
+    show(Output("events", {**EVENTS, "withheld": ["vault"]}), environment)
+    assert len(out.getvalue().splitlines()) == 2
+    assert environment.stderr.getvalue() == (
+        "vpsshell: events of vault left out: they need your password ('events vault' asks)\n"
+    )
+    environment, out = env()
+    show(Output("events", {**EVENTS, "withheld": []}), environment, as_json=True)
+    assert environment.stderr.getvalue() == ""
+
+
+def test_the_greeting_names_a_domain_listed_by_name_only() -> None:
+    environment, out = env()
+    show_motd([DOMAIN, {**LOCKED, "name": "vault"}], environment)
+    assert out.getvalue().endswith(", vault (password)\n")

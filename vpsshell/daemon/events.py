@@ -7,11 +7,13 @@ follower that falls behind is closed with a message; a listener that raises is l
 skipped. This module decides nothing about who may see an event: the tenant API filters at
 send time against the policy of that moment.
 
-The history is kept per domain under one total bound: when it is full, the oldest event of the
-domain with the most events goes, so a flood of events about one domain (a tenant attaching and
-detaching in a loop) cannot push another domain's events out. Events only hooks and admins see
-(``denied``, ``policy-reloaded``) are not kept at all: their domain names are whatever a tenant
-asked for.
+The history is kept per domain UUID, never per name: a name the administrator gives to another
+domain (undefined and re-created, so a new UUID) starts with an empty history, and a renamed
+domain keeps its own. It is bounded in total: when it is full, the oldest event of the domain
+with the most events goes, so a flood of events about one domain (a tenant attaching and
+detaching in a loop) cannot push another domain's events out. An event without a UUID is not
+kept. Events only hooks and admins see (``denied``, ``policy-reloaded``) are not kept at all:
+their domain names are whatever a tenant asked for.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ class EventRecord:
         self.history_limit = history_limit
         self.follower_queue = follower_queue
         self._seq = itertools.count(1)
-        self._by_domain: dict[str, deque[Event]] = {}
+        self._by_uuid: dict[str, deque[Event]] = {}
         self._kept = 0
         self._followers: list[Follower] = []
         self._listeners: list[Listener] = []
@@ -155,7 +157,10 @@ class EventRecord:
                 f" ({event.detail})" if event.detail else "",
             )
         if kind in TENANT_KINDS and domain is not None:
-            self._keep(event, domain)
+            if uuid:
+                self._keep(event, uuid)
+            else:  # every caller passes the UUID; without one no tenant could be shown it
+                log.warning("event %s of %s has no UUID; not kept for events", kind, domain)
         for follower in list(self._followers):
             follower.offer(event)
         for listener in self._listeners:
@@ -165,27 +170,27 @@ class EventRecord:
                 log.exception("event listener failed on %s", event)
         return event
 
-    def _keep(self, event: Event, domain: str) -> None:
-        self._by_domain.setdefault(domain, deque()).append(event)
+    def _keep(self, event: Event, uuid: str) -> None:
+        self._by_uuid.setdefault(uuid, deque()).append(event)
         self._kept += 1
         while self._kept > self.history_limit:
-            fullest = max(self._by_domain, key=lambda name: len(self._by_domain[name]))
-            queue = self._by_domain[fullest]
+            fullest = max(self._by_uuid, key=lambda key: len(self._by_uuid[key]))
+            queue = self._by_uuid[fullest]
             queue.popleft()
             self._kept -= 1
             if not queue:
-                del self._by_domain[fullest]
+                del self._by_uuid[fullest]
 
-    def history(self, domains: Iterable[str] | None = None) -> list[Event]:
-        """Kept events (of ``domains`` only, if given), oldest first."""
-        names = self._by_domain if domains is None else domains
-        events = [event for name in names for event in self._by_domain.get(name, ())]
+    def history(self, uuids: Iterable[str] | None = None) -> list[Event]:
+        """Kept events (of the domains with these UUIDs only, if given), oldest first."""
+        keys = self._by_uuid if uuids is None else uuids
+        events = [event for key in keys for event in self._by_uuid.get(key, ())]
         events.sort(key=lambda event: event.seq)
         return events
 
-    def domains(self) -> list[str]:
-        """Names of the domains with kept events."""
-        return list(self._by_domain)
+    def uuids(self) -> list[str]:
+        """UUIDs of the domains with kept events."""
+        return list(self._by_uuid)
 
     def follow(self) -> Follower:
         follower = Follower(self, self.follower_queue)

@@ -1,9 +1,15 @@
 """Admin hooks: every executable in ``hooks_dir`` runs once per event, one at a time, in order.
 
-The request path never waits for a hook: events go into a bounded queue that one worker task
-drains, running the hooks of each event in name order. A full queue drops events for hooks
-(counted and logged; the audit log is not affected), and ``denied`` events are dropped once
-the queue is half full, so a tenant who provokes denials cannot crowd out lifecycle events.
+The request path never waits for a hook: events wait in bounded queues that one worker task
+drains, running the hooks of each event in name order. Events a tenant's request causes
+(``console-*``, ``denied``) are kept apart from the others (the backend's lifecycle events,
+``policy-reloaded``): those run first and never make room for a tenant's events, and a
+tenant's events are bounded per user, so one tenant provoking events (a loop of
+``console --takeover``, of refusals) can neither push out a ``crashed`` of another tenant's
+domain nor the events of another user. Within each queue, when it is full the oldest event
+of the domain (lifecycle) or user (the rest) with the most waiting makes room; anything
+dropped is counted and logged (the audit log is not affected). Kinds not named as a tenant's
+are lifecycle events here, so a kind added later is never tenant noise by mistake.
 
 A hook is trusted code run as root, so only files that only root could have put there run: the
 directory and each file must be owned by root (or by the helper's own user, for an unprivileged
@@ -25,8 +31,9 @@ import os
 import re
 import signal
 import stat
+from collections import deque
 
-from vpsshell.daemon.events import Event
+from vpsshell.daemon.events import CONSOLE_KINDS, Event
 
 log = logging.getLogger("vpsshell.hooks")
 
@@ -37,6 +44,8 @@ HOOK_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 OUTPUT_BYTES = 4096  # of each of stdout and stderr, into the helper's log
 OUTPUT_DRAIN_SECONDS = 1.0  # after the hook ended: a child that kept its pipes is not waited for
 STOP_GRACE_SECONDS = 2.0
+# events a tenant's request causes, queued per user; every other kind is a lifecycle event here
+TENANT_CAUSED_KINDS = CONSOLE_KINDS | frozenset({"denied"})
 
 
 def _inert(data: bytes) -> str:
@@ -95,6 +104,49 @@ def skip_reason(name: str, info: os.stat_result, trusted_uids: frozenset[int]) -
     return None
 
 
+class FairQueue:
+    """Events waiting, grouped by a key (a domain, a user), taken out in the order they
+    happened. At most ``limit`` wait in all and ``per_key`` of one key: past that, the oldest
+    event of the key with the most waiting (counting the new one; the new one's key on a tie)
+    is dropped, so a key flooding the queue only ever loses its own events."""
+
+    def __init__(self, limit: int, per_key: int | None = None) -> None:
+        self.limit = limit
+        self.per_key = per_key
+        self._by_key: dict[str, deque[Event]] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def put(self, key: str, event: Event) -> Event | None:
+        """Queue ``event``; returns the event dropped to make room, if one was."""
+        queue = self._by_key.setdefault(key, deque())
+        queue.append(event)
+        self._size += 1
+        if self.per_key is not None and len(queue) > self.per_key:
+            return self._drop_oldest(key)
+        if self._size > self.limit:
+            fullest = max(self._by_key, key=lambda k: (len(self._by_key[k]), k == key))
+            return self._drop_oldest(fullest)
+        return None
+
+    def pop(self) -> Event | None:
+        """The event that happened first of those waiting, or None."""
+        if not self._by_key:
+            return None
+        first = min(self._by_key, key=lambda k: self._by_key[k][0].seq)
+        return self._drop_oldest(first)
+
+    def _drop_oldest(self, key: str) -> Event:
+        queue = self._by_key[key]
+        event = queue.popleft()
+        self._size -= 1
+        if not queue:
+            del self._by_key[key]
+        return event
+
+
 class HookRunner:
     def __init__(
         self,
@@ -102,14 +154,20 @@ class HookRunner:
         *,
         timeout: float,
         queue_limit: int,
+        tenant_queue_limit: int = 1000,
+        tenant_queue_per_user: int = 100,
         trusted_uids: frozenset[int] | None = None,
     ) -> None:
         self.directory = directory
         self.timeout = timeout
-        self.queue_limit = queue_limit
         self.trusted_uids = frozenset({0, os.geteuid()}) if trusted_uids is None else trusted_uids
-        self.dropped = 0
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        # lifecycle events (the backend's, policy-reloaded) per domain, run first; the events
+        # tenants' requests cause per user, bounded per user (see the module docstring)
+        self._lifecycle = FairQueue(queue_limit)
+        self._tenant_caused = FairQueue(tenant_queue_limit, per_key=tenant_queue_per_user)
+        self.dropped_lifecycle = 0
+        self.dropped_tenant_caused = 0
+        self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: asyncio.subprocess.Process | None = None
         self._reported: dict[str, str] = {}  # file (or "" for the directory) -> logged reason
@@ -155,28 +213,54 @@ class HookRunner:
 
     # -- the queue ------------------------------------------------------------------------------
 
+    @property
+    def dropped(self) -> int:
+        """Events dropped for the hooks so far, of both queues."""
+        return self.dropped_lifecycle + self.dropped_tenant_caused
+
+    def pending(self) -> int:
+        return len(self._lifecycle) + len(self._tenant_caused)
+
     def submit(self, event: Event) -> None:
         """Queue ``event`` for the hooks; never waits (an event listener)."""
         if self._stopping:
             return
-        size = self._queue.qsize()
-        if size >= self.queue_limit or (event.kind == "denied" and size >= self.queue_limit // 2):
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning(
-                    "hooks: queue full (%d events); %d event(s) dropped for hooks so far",
-                    size,
-                    self.dropped,
-                )
-            return
-        self._queue.put_nowait(event)
+        if event.kind in TENANT_CAUSED_KINDS:
+            dropped = self._tenant_caused.put(event.user or "", event)
+            if dropped is not None:
+                self.dropped_tenant_caused += 1
+                self._log_drop(dropped, self.dropped_tenant_caused, "tenants' events")
+        else:
+            dropped = self._lifecycle.put(event.uuid or event.domain or "", event)
+            if dropped is not None:
+                self.dropped_lifecycle += 1
+                self._log_drop(dropped, self.dropped_lifecycle, "lifecycle events")
+        self._ready.set()
+
+    def _log_drop(self, event: Event, count: int, queue: str) -> None:
+        if count == 1 or count % 100 == 0:  # a flood is said, not logged line by line
+            log.warning(
+                "hooks: queue of %s full; %s %s%s dropped for hooks (%d so far)",
+                queue,
+                event.kind,
+                event.domain or "-",
+                f" by {event.user}" if event.user else "",
+                count,
+            )
+
+    def _next(self) -> Event | None:
+        return self._lifecycle.pop() or self._tenant_caused.pop()
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work(), name="hooks")
 
     async def _work(self) -> None:
         while True:
-            event = await self._queue.get()
+            event = self._next()
+            if event is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
             try:
                 for path in self.hooks():
                     await self.run_hook(path, event)
@@ -196,8 +280,8 @@ class HookRunner:
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
-        if self._queue.qsize():
-            log.warning("hooks: stopping; %d queued event(s) not run", self._queue.qsize())
+        if self.pending():
+            log.warning("hooks: stopping; %d queued event(s) not run", self.pending())
 
     # -- one hook -------------------------------------------------------------------------------
 

@@ -61,7 +61,14 @@ STATE_COLOURS = {
 }
 
 
+def needs_password(domain: dict[str, Any]) -> bool:
+    """A domain ``list`` shows by name only: its ``status`` wants the tenant's password."""
+    return domain.get("confirm") is not None
+
+
 def domain_row(domain: dict[str, Any]) -> tuple[str, ...]:
+    if needs_password(domain):
+        return (inert(domain.get("name", "?")), "-", "-", "-", "-", "-")
     return (
         inert(domain.get("name", "?")),
         inert(domain.get("state", "?")),
@@ -77,6 +84,14 @@ def _table(env: Environment, header: tuple[str, ...], rows: list[tuple[str, ...]
     for row in [header, *rows]:
         line = "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         env.stdout.write(line.rstrip() + "\n")
+
+
+def _password_note(domains: list[dict[str, Any]], env: Environment) -> None:
+    """Say why a row is empty, and how to fill it."""
+    names = [inert(d.get("name", "?")) for d in domains if needs_password(d)]
+    if names:
+        how = f"status {names[0]}" if len(names) == 1 else "status DOMAIN"
+        env.stdout.write(f"{', '.join(names)}: details need your password ('{how}' asks)\n")
 
 
 def _status_lines(domain: dict[str, Any]) -> list[tuple[str, str]]:
@@ -110,6 +125,7 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             _rich_domains(env, data)
         else:
             _table(env, DOMAIN_COLUMNS, [domain_row(d) for d in data])
+        _password_note(data, env)
     elif kind == "status":
         if env.colour:
             _rich_status(env, data)
@@ -198,6 +214,11 @@ def show_events(data: Any, env: Environment, *, as_json: bool = False) -> None:
         show_event(record, env, as_json=as_json)
     if data.get("truncated"):
         show_error("older events left out (more than fit in one reply; try --lines=N)", env)
+    withheld = data.get("withheld")
+    if isinstance(withheld, list) and withheld:
+        names = ", ".join(inert(name) for name in withheld)
+        how = f"events {inert(withheld[0])}" if len(withheld) == 1 else "events DOMAIN"
+        show_error(f"events of {names} left out: they need your password ('{how}' asks)", env)
 
 
 def show_error(message: str, env: Environment) -> None:
@@ -279,6 +300,10 @@ def show_banner(text: str, env: Environment) -> None:
     env.stdout.flush()
 
 
+def _motd_state(domain: dict[str, Any]) -> str:
+    return "(password)" if needs_password(domain) else inert(domain.get("state", "?"))
+
+
 def show_motd(domains: list[dict[str, Any]], env: Environment) -> None:
     """One line: the caller's domains and their states."""
     if not domains:
@@ -295,12 +320,12 @@ def show_motd(domains: list[dict[str, Any]], env: Environment) -> None:
                 line.append(", ")
             line.append(inert(domain.get("name", "?")), style="bold")
             line.append(" ")
-            line.append_text(_state_text(inert(domain.get("state", "?"))))
+            line.append_text(_state_text(_motd_state(domain)))
         if more:
             line.append(f", and {more} more ('list' shows all)")
         _console(env).print(line)
         return
-    parts = [f"{inert(d.get('name', '?'))} {inert(d.get('state', '?'))}" for d in shown]
+    parts = [f"{inert(d.get('name', '?'))} {_motd_state(d)}" for d in shown]
     if more:
         parts.append(f"and {more} more ('list' shows all)")
     env.stdout.write(f"Your domains: {', '.join(parts)}\n")
