@@ -176,9 +176,10 @@ class Helper:
         os.replace(tmp, path)
         return path
 
-    def start(self) -> Helper:
+    def start(self, wrapper: tuple[str, ...] = ()) -> Helper:
+        """Start it (under ``wrapper``, e.g. ``("faketime", "2026-12-31 23:59:50")``)."""
         self.process = subprocess.Popen(
-            [str(BIN / "vpsshelld"), "--config", str(self.config), "--foreground"],
+            [*wrapper, str(BIN / "vpsshelld"), "--config", str(self.config), "--foreground"],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
@@ -301,3 +302,16 @@ def start_and_wait(helper: Helper, user: str, domain: str) -> None:
     started = run(user, helper, f"start {domain}")
     assert started.code == 0, started
     wait_until(lambda: state_of(helper, user, domain) == "running", 10, f"{domain} running")
+
+
+def console_as(helper: Helper, user: str, domain: str, *options: str) -> Any:
+    """The real ``vpsshell -c 'console DOMAIN ...'`` as ``user`` on a pty (a pexpect.spawn)."""
+    import pexpect
+
+    command = " ".join(["console", domain, *options])
+    return pexpect.spawn(
+        "runuser",
+        ["-u", user, "--", "env", f"VPSSHELL_SOCKET={helper.socket}", "TERM=xterm"]
+        + [str(BIN / "vpsshell"), "-c", command],
+        timeout=15,
+    )

@@ -174,3 +174,51 @@ def start_script(user: str, script: str, *args: str) -> subprocess.Popen[str]:
 
 def request(op: str, **args: Any) -> dict[str, Any]:
     return {"v": 1, "id": 1, "op": op, "args": args}
+
+
+# One connection kept open: each line on stdin is a request (JSON); each reply is printed as a
+# JSON line. For attacks that need the same connection before and after a change.
+ONE_CONNECTION = r"""
+import json, socket, sys
+from vpsshell import protocol
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(sys.argv[1])
+reader, number = protocol.FrameReader(), 0
+for line in sys.stdin:
+    number += 1
+    message = dict(json.loads(line), id=number)
+    try:
+        sock.sendall(protocol.encode_message(message))
+        reply = None
+        while reply is None:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for _, payload in reader.feed(data):
+                decoded = protocol.decode_message(payload)
+                if "progress" not in decoded:
+                    reply = decoded
+    except OSError:
+        reply = None
+    print(json.dumps({"reply": reply}), flush=True)
+"""
+
+
+class OneConnection:
+    """``ONE_CONNECTION`` as ``user``: ``ask(request)`` returns the reply, or None once the
+    helper has closed the connection."""
+
+    def __init__(self, user: str, socket_path: str) -> None:
+        self.process = start_script(user, ONE_CONNECTION, socket_path)
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        reply = json.loads(self.process.stdout.readline())["reply"]
+        return None if reply is None else dict(reply)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=30)
