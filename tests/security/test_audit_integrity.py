@@ -44,7 +44,9 @@ def test_a_pipelined_flood_of_unknown_ops_is_rate_limited_and_folded(
 def small_fs(open_dir: Path) -> Iterator[Path]:
     mount = open_dir / "auditfs"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=755", "tmpfs", str(mount)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=755", "tmpfs", str(mount)], check=True
+    )
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
