@@ -316,6 +316,14 @@ def test_a_tenants_flood_never_keeps_a_crash_or_another_tenants_events_from_the_
             30,
             "the hook got carol's console-attached",
         )
+
+        def alice_after_carol() -> int:
+            seen = [(e["kind"], e["user"]) for e in hooked(out)]
+            carol = seen.index(("console-attached", "vpst-carol"))
+            return sum(user == "vpst-alice" for _, user in seen[carol:])
+
+        # carol's event did not wait for alice's backlog: the hook ran it, then most of hers
+        wait_until(lambda: alice_after_carol() >= 50, 30, "alice's backlog ran after carol's")
         by_alice = [e for e in hooked(out) if e["user"] == "vpst-alice"]
         assert len(by_alice) < 1500  # the flood was real: most of alice's own events dropped
         assert "dropped for hooks" in helper.log.read_text()

@@ -6,9 +6,10 @@ drains, running the hooks of each event in name order. Events a tenant's request
 ``policy-reloaded``): those run first and never make room for a tenant's events, and a
 tenant's events are bounded per user, so one tenant provoking events (a loop of
 ``console --takeover``, of refusals) can neither push out a ``crashed`` of another tenant's
-domain nor the events of another user. Within each queue, when it is full the oldest event
-of the domain (lifecycle) or user (the rest) with the most waiting makes room; anything
-dropped is counted and logged (the audit log is not affected). Kinds not named as a tenant's
+domain nor the events of another user. Within each queue the domains (lifecycle) or users
+(the rest) take turns, each one's events in the order they happened, and when it is full the
+oldest event of the one with the most waiting makes room; anything dropped is counted and
+logged (the audit log is not affected). Kinds not named as a tenant's
 are lifecycle events here, so a kind added later is never tenant noise by mistake.
 
 A hook is trusted code run as root, so only files that only root could have put there run: the
@@ -105,15 +106,16 @@ def skip_reason(name: str, info: os.stat_result, trusted_uids: frozenset[int]) -
 
 
 class FairQueue:
-    """Events waiting, grouped by a key (a domain, a user), taken out in the order they
-    happened. At most ``limit`` wait in all and ``per_key`` of one key: past that, the oldest
-    event of the key with the most waiting (counting the new one; the new one's key on a tie)
-    is dropped, so a key flooding the queue only ever loses its own events."""
+    """Events waiting, grouped by a key (a domain, a user). The keys take turns, each key's
+    events in the order they happened, so one key's backlog never delays another's events by
+    more than one event each. At most ``limit`` wait in all and ``per_key`` of one key: past
+    that, the oldest event of the key with the most waiting (counting the new one; the new
+    one's key on a tie) is dropped, so a key flooding the queue only ever loses its own."""
 
     def __init__(self, limit: int, per_key: int | None = None) -> None:
         self.limit = limit
         self.per_key = per_key
-        self._by_key: dict[str, deque[Event]] = {}
+        self._by_key: dict[str, deque[Event]] = {}  # in turn order: the next to run first
         self._size = 0
 
     def __len__(self) -> int:
@@ -132,11 +134,15 @@ class FairQueue:
         return None
 
     def pop(self) -> Event | None:
-        """The event that happened first of those waiting, or None."""
+        """The oldest event of the key whose turn it is (then it waits for the others'), or
+        None."""
         if not self._by_key:
             return None
-        first = min(self._by_key, key=lambda k: self._by_key[k][0].seq)
-        return self._drop_oldest(first)
+        key = next(iter(self._by_key))
+        event = self._drop_oldest(key)
+        if key in self._by_key:
+            self._by_key[key] = self._by_key.pop(key)  # to the end of the turns
+        return event
 
     def _drop_oldest(self, key: str) -> Event:
         queue = self._by_key[key]
