@@ -8,12 +8,16 @@ protocol version, a client-chosen request id and an operation; the helper answer
 docs/protocol.md.
 
 This module only encodes and decodes. It never decides anything about identity: the helper
-learns who is calling from the socket's peer credentials, not from any field here.
+learns who is calling from the socket's peer credentials, not from any field here. Whatever a
+peer sends, decoding either returns a message or raises ``ProtocolError``; never anything else
+(no ``RecursionError``, no interpreter limit): the server answers ``usage`` and audits it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
 from typing import Any
 
@@ -51,11 +55,102 @@ def parse_header(header: bytes) -> tuple[int, int]:
     return frame_type, length
 
 
+# A message is JSON (RFC 8259) in the interoperable profile of I-JSON (RFC 7493): strict UTF-8,
+# no unpaired surrogates, unique member names, finite numbers, integers exact in a double. And
+# it nests at most MAX_NESTING arrays and objects deep: the deepest real message (an events
+# reply) nests 4, and Python's decoder would otherwise recurse once per bracket.
+MAX_NESTING = 32
+MAX_INTEGER = 2**53 - 1
+
+# A JSON string, escapes and all; one that never ends runs to the end of the payload (so a
+# match always succeeds where it starts: no backtracking, no rescanning).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.?)*+(?:"|\Z)', re.DOTALL)
+_BRACKETS_TO_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+# The payload's shape for the number checks: every digit 0, every exponent e, every sign +.
+_NUMBER_SHAPE = bytes.maketrans(b"123456789E-", b"000000000e+")
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def _nests_too_deep(payload: bytes) -> bool:
+    """True if arrays and objects in ``payload`` nest deeper than ``MAX_NESTING``, or if more
+    brackets are left open than that: the depth the decoder would descend before finishing or
+    failing. Linear, in C: each pass deletes the innermost ``()`` pairs of the brackets outside
+    strings, so after ``MAX_NESTING`` passes a pair is left only in a group nested deeper."""
+    if payload.count(b"[") + payload.count(b"{") <= MAX_NESTING:
+        return False  # every ordinary request
+    brackets = _JSON_STRING.sub(b"", payload).translate(_BRACKETS_TO_PARENS, _NOT_BRACKETS)
+    for _ in range(MAX_NESTING):
+        innermost_removed = brackets.replace(b"()", b"")
+        if len(innermost_removed) == len(brackets):
+            break
+        brackets = innermost_removed
+    return b"()" in brackets or brackets.count(b"(") > MAX_NESTING
+
+
+def _may_have_big_numbers(payload: bytes) -> bool:
+    """False if no number in ``payload`` can exceed ``MAX_INTEGER`` or overflow a double: no
+    run of 16 digits (2**53 has 16), no exponent of 3 digits. Digits in strings count too:
+    this only decides whether the exact check (a Python call per number) is worth it."""
+    shape = payload.translate(_NUMBER_SHAPE)
+    return b"0" * 16 in shape or b"e000" in shape or b"e+000" in shape
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError(f"message has {name}, which is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError("message has a number out of range")
+    return value
+
+
+def _exact_integer(text: str) -> int:
+    # the length first: int() of a long digit string costs quadratic time (CVE-2020-10735)
+    value = int(text) if len(text.lstrip("-")) <= len(str(MAX_INTEGER)) else None
+    if value is None or abs(value) > MAX_INTEGER:
+        raise ProtocolError(f"message has an integer beyond +-{MAX_INTEGER}")
+    return value
+
+
+def _object_with_unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    untrusted_object = dict(pairs)
+    if len(untrusted_object) != len(pairs):
+        raise ProtocolError("message has a member name twice")
+    return untrusted_object
+
+
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object_with_unique_names, parse_constant=_refuse_constant
+)
+_DECODER_CHECKING_NUMBERS = json.JSONDecoder(
+    object_pairs_hook=_object_with_unique_names,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+    parse_int=_exact_integer,
+)
+
+
 def decode_message(payload: bytes) -> dict[str, Any]:
+    """The JSON object in a ``MESSAGE`` payload; ``ProtocolError`` for anything else."""
     try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError("message is not UTF-8 JSON") from exc
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("message is not UTF-8") from None
+    if _nests_too_deep(payload):
+        raise ProtocolError(f"message nests deeper than {MAX_NESTING}")
+    decoder = _DECODER_CHECKING_NUMBERS if _may_have_big_numbers(payload) else _DECODER
+    try:
+        message = decoder.decode(text)
+    except (ValueError, RecursionError):  # RecursionError: never, after _nests_too_deep
+        raise ProtocolError("message is not JSON") from None
+    if _ESCAPED_SURROGATE.search(payload):
+        try:
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("message has an unpaired surrogate (\\uD800-\\uDFFF)") from None
     if not isinstance(message, dict):
         raise ProtocolError("message is not a JSON object")
     return message

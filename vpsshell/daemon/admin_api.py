@@ -12,7 +12,7 @@ from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend
-from vpsshell.daemon.api import DOMAIN_NAME_RE
+from vpsshell.daemon.api import DOMAIN_NAME_RE, MAX_REQUEST_ID
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.consoles import ConsoleManager
 from vpsshell.daemon.peer import Caller
@@ -35,7 +35,11 @@ class AdminApi:
         progress: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> dict[str, Any]:
         untrusted_id = untrusted.get("id")
-        request_id = untrusted_id if isinstance(untrusted_id, int) else None
+        request_id = (
+            untrusted_id
+            if type(untrusted_id) is int and 0 <= untrusted_id < MAX_REQUEST_ID  # not a bool
+            else None
+        )
         op = untrusted.get("op")
         args = untrusted.get("args") if isinstance(untrusted.get("args"), dict) else {}
         assert isinstance(args, dict)
