@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from harness import DEFAULT_POLICY, TEAM_GROUP, Helper, console_as, run, start_and_wait, wait_until
+from harness import (
+    BIN,
+    DEFAULT_POLICY,
+    TEAM_GROUP,
+    Helper,
+    console_as,
+    run,
+    start_and_wait,
+    wait_until,
+)
 from rawclient import OneConnection, request
 
 pytestmark = pytest.mark.root
@@ -122,3 +131,52 @@ def test_a_console_ends_when_its_rule_expires_at_midnight(open_dir: Path, tenant
         assert run("vpst-alice", helper, "log web1").code == 77
     finally:
         helper.stop()
+
+
+def follow_as(helper: Helper, user: str, line: str) -> subprocess.Popen[str]:
+    """The real ``vpsshell -c 'events ... --follow'`` as ``user``, output on a pipe."""
+    return subprocess.Popen(
+        ["runuser", "-u", user, "--", "env", f"VPSSHELL_SOCKET={helper.socket}"]
+        + [str(BIN / "vpsshell"), "-c", line],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def following(helper: Helper, user: str) -> bool:
+    """Whether ``user``'s ``events --follow`` request was allowed (its session runs now)."""
+    return any(
+        r.get("user") == user and r.get("action") == "events" and r.get("follow")
+        for r in helper.audit()
+        if r.get("decision") == "allow"
+    )
+
+
+def test_a_quiet_events_follower_loses_a_removed_groups_domain(
+    rechecking: Helper, carol_in_team: None
+) -> None:
+    follower = follow_as(rechecking, "vpst-carol", "events db1 --follow --lines=0")
+    try:
+        wait_until(lambda: following(rechecking, "vpst-carol"), 10, "the follow never started")
+        subprocess.run(["gpasswd", "-d", "vpst-carol", TEAM_GROUP], check=True)
+        _, err = follower.communicate(timeout=30)  # nothing happens to db1 meanwhile
+        assert follower.returncode == 77 and "db1" in err
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+
+
+def test_a_quiet_events_follower_ends_with_its_account(
+    rechecking: Helper, alice_account_restored: None
+) -> None:
+    follower = follow_as(rechecking, "vpst-alice", "events --follow --lines=0")
+    try:
+        wait_until(lambda: following(rechecking, "vpst-alice"), 10, "the follow never started")
+        subprocess.run(["chage", "-E", "0", "vpst-alice"], check=True)
+        _, err = follower.communicate(timeout=30)
+        assert follower.returncode == 77 and "account" in err
+    finally:
+        if follower.poll() is None:
+            follower.kill()

@@ -25,7 +25,7 @@ from vpsshell.daemon.config import Limits
 from vpsshell.daemon.confirm import Outcome, PasswordChecker
 from vpsshell.daemon.consoles import Attachment, ConsoleManager
 from vpsshell.daemon.events import TENANT_KINDS, Event, EventRecord
-from vpsshell.daemon.peer import Caller, CallerLookup, resolve_caller
+from vpsshell.daemon.peer import Caller, CallerLookup
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.ratelimit import request_bucket
 from vpsshell.daemon.server import SESSION_KEY
@@ -584,6 +584,9 @@ async def _attach(api: TenantApi, request: Request, target: Target | None, mode:
     from vpsshell.daemon.console_session import run_console_session
 
     assert target is not None
+    # Everything that can fail or wait comes first: from hub.attach() on nothing awaits, so an
+    # attachment is only ever made by a request whose reply carries the session that ends it.
+    state = (await api.backend.info(target.info.uuid)).state.value
     hub = api.consoles.hub_for(target.info)
     attachment = api.consoles.new_attachment(request.caller, mode)
     takeover = bool(request.args.get("takeover")) and mode == "write"
@@ -599,12 +602,7 @@ async def _attach(api: TenantApi, request: Request, target: Target | None, mode:
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await run_console_session(attachment, hub, reader, writer)
 
-    return {
-        "domain": target.info.name,
-        "state": (await api.backend.info(target.info.uuid)).state.value,
-        "mode": mode,
-        SESSION_KEY: session,
-    }
+    return {"domain": target.info.name, "state": state, "mode": mode, SESSION_KEY: session}
 
 
 @operation("console", action="console", domain="required", args=_console_args)
@@ -709,10 +707,25 @@ class EventFilter:
     def refresh(self) -> None:
         caller = self.caller
         if caller is not None:
-            self.caller = resolve_caller(caller.pid, caller.uid, caller.gid)
+            self.caller = self.api.callers.fresh(caller)
         self._allowed.clear()
         if self.domain is not None and not self.allows(self.domain):
             self.revoked = True
+
+    async def recheck(self) -> str | None:
+        """The periodic check of a quiet follower: None if it may go on, else why it ends
+        (its one domain is no longer the caller's, or PAM refuses the account now)."""
+        self.refresh()
+        if self.revoked:
+            return f"you may no longer see the events of {self.domain}"
+        accounts = self.api.accounts
+        if self.caller is None:
+            return "your account may no longer use vpsshell"
+        if accounts is not None:
+            max_age = self.api.limits.account_recheck_seconds
+            if await accounts.refusal(self.caller.uid, self.caller.user, max_age) is not None:
+                return "your account may no longer use vpsshell"
+        return None
 
     def allows(self, name: str) -> bool:
         """May the caller see the events of ``name`` now (a password given counts only for

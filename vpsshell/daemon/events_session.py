@@ -28,7 +28,19 @@ def _message(**fields: object) -> bytes:
 
 
 async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.StreamWriter) -> None:
-    while events := await follower.next_events():
+    while True:
+        try:
+            # a quiet follower is authorized again at least this often, like an attached console
+            async with asyncio.timeout(shown.api.limits.session_recheck_seconds):
+                events = await follower.next_events()
+        except TimeoutError:
+            ended = await shown.recheck()
+            if ended is not None:
+                follower.close("revoked", ended)
+                break
+            continue
+        if not events:
+            break
         if not any(e.kind in TENANT_KINDS or e.kind == "policy-reloaded" for e in events):
             continue  # nothing this follower could show, and no grant that could have changed
         shown.refresh()
