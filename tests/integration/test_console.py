@@ -190,7 +190,11 @@ def test_a_stalled_watcher_does_not_slow_the_writer(open_dir: Path, tenants: Non
     helper = Helper(open_dir / "small-queue", extra_config="")
     helper.config.write_text(
         helper.config.read_text().replace(
-            "[limits]\n", "[limits]\nconsole_client_queue_bytes = 16384\n"
+            "[limits]\n",
+            "[limits]\nconsole_client_queue_bytes = 16384\n"
+            # the writer types ~750 KB here: no input rate limit in the way
+            "console_input_bytes_per_second = 1073741824\n"
+            "console_input_burst_bytes = 1073741824\n",
         )
     )
     helper.start()

@@ -135,15 +135,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             detail=reason,
         )
 
-    consoles = ConsoleManager(
-        backend,
-        config.console_log_dir,
-        ring_bytes=limits.console_ring_bytes,
-        log_bytes=limits.console_log_bytes,
-        log_files=limits.console_log_files,
-        queue_bytes=limits.console_client_queue_bytes,
-        on_detach=on_detach,
-    )
+    consoles = ConsoleManager(backend, config.console_log_dir, limits, on_detach=on_detach)
 
     def on_reload(policy: Policy) -> None:
         errors = policy.errors

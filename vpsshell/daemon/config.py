@@ -45,7 +45,7 @@ class Limits:
     console_client_queue_bytes: int = 1024 * 1024  # a viewer this far behind is dropped
     console_watchers_per_user: int = 4  # watch sessions of one user on one domain
     console_watchers_per_domain: int = 64  # all users together; the writer's slot is apart
-    console_input_bytes_per_second: int = 16 * 1024  # what one console session may type...
+    console_input_bytes_per_second: int = 16 * 1024  # what one user may type into a console...
     console_input_burst_bytes: int = 64 * 1024  # ...and at once (a paste); more waits, not lost
     console_log_bytes_per_hour: int = 1024 * 1024  # a log takes one file at once, then this
     console_log_keep_days: int = 30  # logs of a domain the helper has not seen this long go

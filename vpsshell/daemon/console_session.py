@@ -3,19 +3,52 @@
 Two loops share the connection: one sends the attachment's queued frames (guest output and
 notices), the other reads the client's frames (keystrokes as ``CONSOLE_DATA``; ``detach`` and
 ``resize`` messages). Whichever ends first ends the other; the attachment is always detached
-from its hub on the way out, so the detach is audited exactly once.
+from its hub on the way out, so the detach is audited exactly once, and a client that dies
+(killed, its socket closed) frees its slot as soon as the helper reads the end of its stream.
+
+What a client sends is rate limited (``InputBudget``, one per user and console, so a new
+session does not bring a new allowance): beyond it the helper stops reading the socket for a
+while, so the client's own sends block. Keystrokes are slowed, never dropped, and a flood of
+them cannot hog the helper. While it waits the helper still notices a client that hung up, and
+then stops typing what it left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
+import time
 
 from vpsshell import protocol
-from vpsshell.daemon.consoles import Attachment, ConsoleHub
+from vpsshell.daemon.consoles import Attachment, ConsoleHub, InputBudget
 
 DRAIN_SECONDS = 2.0
 MAX_SESSION_SECONDS = 7 * 86400.0
+HANGUP_CHECK_SECONDS = 0.1  # while input waits for its budget, how often to look for a hangup
+
+
+def _hung_up(writer: asyncio.StreamWriter) -> bool:
+    """The peer closed its end (POLLHUP: both directions shut, as when its process dies)."""
+    sock = writer.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLHUP)
+    return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
+
+async def _wait_for_budget(delay: float, writer: asyncio.StreamWriter) -> bool:
+    """Sleep ``delay`` seconds; False as soon as the client hangs up."""
+    deadline = time.monotonic() + delay
+    while True:
+        if _hung_up(writer):
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return True
+        await asyncio.sleep(min(left, HANGUP_CHECK_SECONDS))
 
 
 async def _send_loop(attachment: Attachment, writer: asyncio.StreamWriter) -> None:
@@ -25,9 +58,14 @@ async def _send_loop(attachment: Attachment, writer: asyncio.StreamWriter) -> No
 
 
 async def _receive_loop(
-    attachment: Attachment, hub: ConsoleHub, reader: asyncio.StreamReader
+    attachment: Attachment,
+    hub: ConsoleHub,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    budget: InputBudget,
 ) -> str:
-    """Returns why the client side ended: ``detached`` or ``disconnected``."""
+    """Returns why the client side ended: ``detached``, ``disconnected`` or
+    ``protocol-error``."""
     while True:
         try:
             header = await reader.readexactly(protocol.HEADER.size)
@@ -37,8 +75,13 @@ async def _receive_loop(
             return "disconnected"
         except protocol.ProtocolError:
             return "protocol-error"
+        # every byte counts, a watcher's too (its keystrokes go nowhere, but reading costs)
+        delay = budget.charge(len(header) + length)
+        if delay > 0 and not await _wait_for_budget(delay, writer):
+            return "disconnected"
         if frame_type == protocol.FRAME_CONSOLE_DATA:
             await hub.write(attachment, payload)
+            await asyncio.sleep(0)  # a burst of buffered frames must not hold the loop
             continue
         try:
             untrusted = protocol.decode_message(payload)
@@ -55,8 +98,10 @@ async def run_console_session(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
+    attachment.session_started = True
+    budget = hub.input_budget(attachment.caller.uid)
     sender = asyncio.create_task(_send_loop(attachment, writer))
-    receiver = asyncio.create_task(_receive_loop(attachment, hub, reader))
+    receiver = asyncio.create_task(_receive_loop(attachment, hub, reader, writer, budget))
     try:
         done, _ = await asyncio.wait(
             {sender, receiver}, timeout=MAX_SESSION_SECONDS, return_when=asyncio.FIRST_COMPLETED

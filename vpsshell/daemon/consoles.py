@@ -1,11 +1,16 @@
-"""Console hubs: one per domain, brokering its serial console to any number of tenants.
+"""Console hubs: one per domain UUID, brokering its serial console to the tenants attached.
 
 A hub holds the one backend stream of its domain (reopening it when the domain restarts, so a
 session survives reboots), a bounded scrollback ring, a bounded on-disk log, at most one writer
-and any number of read-only watchers. The helper never hands a tenant a file descriptor: bytes
-are copied, raw, in ``CONSOLE_DATA`` frames. Every attachment has a bounded outgoing queue; a
-client that cannot keep up is dropped with a message, so neither the guest nor other viewers
-ever wait for it.
+and a bounded number of read-only watchers. The writer's slot is never counted with the
+watchers, so no number of watchers can keep a tenant from attaching as the writer; watchers are
+capped per user and per domain, so one co-tenant cannot take every slot. The helper never hands
+a tenant a file descriptor: bytes are copied, raw, in ``CONSOLE_DATA`` frames. Every attachment
+has a bounded outgoing queue; a client that cannot keep up is dropped with a message, so neither
+the guest nor other viewers ever wait for it.
+
+Hubs, scrollback and logs are keyed by UUID, never by name: a name that now stands for another
+domain (the admin re-created it) starts with an empty scrollback and an empty log.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +27,8 @@ from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, LifecycleEvent
-from vpsshell.daemon.console_log import ConsoleLog
+from vpsshell.daemon.config import Limits
+from vpsshell.daemon.console_log import ConsoleLog, expire_logs
 from vpsshell.daemon.peer import Caller
 from vpsshell.errors import TemporaryFailure, VpsError
 
@@ -29,7 +36,10 @@ log = logging.getLogger("vpsshell.console")
 
 REOPEN_DELAY_SECONDS = 2.0  # first retry after a console could not be opened
 REOPEN_DELAY_MAX_SECONDS = 60.0  # backing off while it keeps failing; events wake it at once
-MAX_ATTACHMENTS_PER_DOMAIN = 64
+# An attachment whose session has not begun this long after the attach (its request's reply
+# never went out) is detached, so nothing on that path can hold a console slot.
+SESSION_START_SECONDS = 30.0
+LOG_EXPIRY_INTERVAL_SECONDS = 3600.0  # how often logs of domains long gone are looked for
 EVENT_NOTICES = {
     "started": "{name} started",
     "stopped": "{name} stopped",
@@ -50,6 +60,38 @@ def data_frames(data: bytes) -> list[bytes]:
     ]
 
 
+class InputBudget:
+    """What one user may type into one console: a token bucket of bytes, ``per_second``
+    sustained, ``burst`` at once.
+
+    ``charge`` takes the bytes of a frame already read and says how long to wait before acting
+    on it; a frame larger than what is left runs the bucket into debt, paid for by waiting, so
+    the bytes acted on stay within ``burst + per_second * t`` plus one frame."""
+
+    def __init__(
+        self, per_second: float, burst: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.per_second)
+        self._stamp = now
+
+    def charge(self, size: int) -> float:
+        self._refill()
+        self._tokens -= size
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.per_second
+
+    def full(self) -> bool:
+        self._refill()
+        return self._tokens >= self.burst
+
+
 class Attachment:
     """One tenant connection attached to a hub, with its bounded outgoing queue."""
 
@@ -64,6 +106,7 @@ class Attachment:
         self._ready = asyncio.Event()
         self.closed_reason: str | None = None
         self.hub: ConsoleHub | None = None
+        self.session_started = False
 
     def _push(self, frame: bytes, *, force: bool = False) -> bool:
         if self.closed_reason is not None:
@@ -112,21 +155,38 @@ class ConsoleHub:
         backend: Backend,
         info: DomainInfo,
         console_log: ConsoleLog,
-        ring_bytes: int,
+        limits: Limits,
         on_detach: Callable[[Attachment, str], None],
     ) -> None:
         self.backend = backend
         self.uuid = info.uuid
         self.name = info.name
         self.log = console_log
+        self.limits = limits
         self.ring = bytearray()
-        self.ring_bytes = ring_bytes
+        self.ring_bytes = limits.console_ring_bytes
         self.attachments: list[Attachment] = []
         self.writer: Attachment | None = None
         self._stream: ConsoleStream | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._on_detach = on_detach
+        self._input_budgets: dict[int, InputBudget] = {}
+
+    def input_budget(self, uid: int) -> InputBudget:
+        """The input allowance of this user on this console, shared by their sessions: a new
+        session (a reconnect, a takeover of one's own) does not bring a new burst."""
+        attached = {a.caller.uid for a in self.attachments}
+        for other in [u for u, b in self._input_budgets.items() if u not in attached and b.full()]:
+            del self._input_budgets[other]  # nothing left to remember
+        budget = self._input_budgets.get(uid)
+        if budget is None:
+            limits = self.limits
+            budget = InputBudget(
+                limits.console_input_bytes_per_second, limits.console_input_burst_bytes
+            )
+            self._input_budgets[uid] = budget
+        return budget
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name=f"console-{self.name}")
@@ -140,6 +200,8 @@ class ConsoleHub:
                 await self._task
         if self._stream is not None:
             await self._stream.close()
+        self.log.close()
+        self.log.mark_seen()
 
     def wake(self) -> None:
         """The domain (re)started: try to open its console now."""
@@ -186,9 +248,22 @@ class ConsoleHub:
                 self.detach(attachment, "too-slow", "your connection could not keep up; detached")
 
     def attach(self, attachment: Attachment, *, takeover: bool, replay: int) -> None:
-        if len(self.attachments) >= MAX_ATTACHMENTS_PER_DOMAIN:
-            raise TemporaryFailure(f"{self.name}: too many console sessions; try again later")
-        if attachment.mode == "write" and self.writer is not None:
+        """Add an attachment, or raise ``TemporaryFailure`` with why not. Never awaits: the
+        caller returns its session right after, and that session detaches it on every way out.
+        """
+        if attachment.mode == "watch":
+            watchers = [a for a in self.attachments if a.mode == "watch"]
+            mine = sum(a.caller.uid == attachment.caller.uid for a in watchers)
+            if mine >= self.limits.console_watchers_per_user:
+                raise TemporaryFailure(
+                    f"{self.name}: you already watch this console in {mine} sessions; "
+                    "end one of them first"
+                )
+            if len(watchers) >= self.limits.console_watchers_per_domain:
+                raise TemporaryFailure(
+                    f"{self.name}: too many sessions watch this console; try again later"
+                )
+        elif self.writer is not None:
             if not takeover:
                 raise TemporaryFailure(
                     f"{self.name}: the console already has a writer; use --takeover to take "
@@ -206,6 +281,14 @@ class ConsoleHub:
         self.attachments.append(attachment)
         if attachment.mode == "write":
             self.writer = attachment
+        asyncio.get_running_loop().call_later(
+            SESSION_START_SECONDS, self._detach_if_unclaimed, attachment
+        )
+
+    def _detach_if_unclaimed(self, attachment: Attachment) -> None:
+        if not attachment.session_started and attachment in self.attachments:
+            log.warning("console session %d on %s never started", attachment.id, self.name)
+            self.detach(attachment, "not-started", "the console session never started")
 
     def detach(self, attachment: Attachment, reason: str, text: str) -> None:
         if attachment in self.attachments:
@@ -230,31 +313,31 @@ class ConsoleHub:
 
 
 class ConsoleManager:
-    """All hubs of the helper, keyed by domain UUID.
+    """All hubs of the helper, keyed by domain UUID, each with its own log (``UUID.log``).
 
-    Console logs are kept per name, and hubs of one name share one: a name can belong to two
-    UUIDs over a helper's life (a Xen domain started by hand gets a UUID of its own), and two
-    writers of one file would garble it."""
+    A name can stand for two UUIDs over a helper's life (a Xen domain started by hand gets a
+    UUID of its own; an admin re-creates a domain under an old name): each UUID has its own hub,
+    scrollback and log, so nothing of one domain is ever shown as another's. Logs of UUIDs the
+    helper has not seen for ``console_log_keep_days``, and beyond the
+    ``console_log_keep_domains`` seen last, are removed every hour."""
 
     def __init__(
         self,
         backend: Backend,
         log_dir: str,
+        limits: Limits,
         *,
-        ring_bytes: int,
-        log_bytes: int,
-        log_files: int,
-        queue_bytes: int,
         on_detach: Callable[[Attachment, str], None],
     ) -> None:
         self.backend = backend
         self.log_dir = log_dir
-        self.ring_bytes = ring_bytes
-        self.log_bytes = log_bytes
-        self.log_files = log_files
-        self.queue_bytes = queue_bytes
+        self.limits = limits
         self.hubs: dict[str, ConsoleHub] = {}
-        self.logs: dict[str, ConsoleLog] = {}
+        # held by the log expiry (a worker thread) while it removes a domain's files, and here
+        # while a hub is added: a domain that comes back during the expiry keeps its log
+        self._files_lock = threading.Lock()
+        self._expiry: asyncio.Task[None] | None = None
+        self._others_reported = False
         self._pruning: set[asyncio.Task[None]] = set()
         self._on_detach = on_detach
         backend.subscribe(self._on_event)
@@ -262,30 +345,81 @@ class ConsoleManager:
     def hub_for(self, info: DomainInfo) -> ConsoleHub:
         hub = self.hubs.get(info.uuid)
         if hub is None:
-            console_log = self.logs.get(info.name)
-            if console_log is None:
-                console_log = ConsoleLog(self.log_dir, info.name, self.log_bytes, self.log_files)
-                self.logs[info.name] = console_log
-            hub = ConsoleHub(self.backend, info, console_log, self.ring_bytes, self._on_detach)
-            self.hubs[info.uuid] = hub
+            limits = self.limits
+            console_log = ConsoleLog(
+                self.log_dir,
+                info.uuid,
+                limits.console_log_bytes,
+                limits.console_log_files,
+                limits.console_log_bytes_per_hour,
+            )
+            hub = ConsoleHub(self.backend, info, console_log, limits, self._on_detach)
+            with self._files_lock:
+                self.hubs[info.uuid] = hub
+            console_log.mark_seen()
             hub.start()
         return hub
 
     async def start_all(self) -> None:
-        """Open a hub for every domain, so logs and scrollback exist before anyone attaches."""
+        """Open a hub for every domain, so logs and scrollback exist before anyone attaches;
+        then (the live domains known) begin expiring the logs of domains long gone."""
         for info in await self.backend.list_domains():
             self.hub_for(info)
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
 
     async def stop(self) -> None:
         for task in list(self._pruning):
             task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         for hub in list(self.hubs.values()):
             await hub.stop()
-        for console_log in self.logs.values():
-            console_log.close()
+
+    async def expire_logs_now(self) -> list[str]:
+        """One pass of the log expiry; returns the UUIDs whose logs were removed."""
+        keep_days = self.limits.console_log_keep_days
+        keep_domains = self.limits.console_log_keep_domains
+        removed, others = await asyncio.to_thread(
+            expire_logs,
+            self.log_dir,
+            is_live=self.hubs.__contains__,
+            keep_seconds=keep_days * 86400.0,
+            keep_domains=keep_domains,
+            lock=self._files_lock,
+        )
+        if removed:
+            log.info(
+                "removed the console logs of %d domain(s) not seen for %d days or beyond the "
+                "%d kept: %s",
+                len(removed),
+                keep_days,
+                keep_domains,
+                " ".join(removed[:20]) + (" ..." if len(removed) > 20 else ""),
+            )
+        if others and not self._others_reported:
+            self._others_reported = True
+            log.warning(
+                "%s holds %d console log file(s) not named by a domain UUID (per-name logs of "
+                "an earlier vpsshell): never shown to tenants; remove them when you no longer "
+                "need them",
+                self.log_dir,
+                others,
+            )
+        return removed
+
+    async def _expire_logs(self) -> None:
+        while True:
+            try:
+                await self.expire_logs_now()
+            except OSError as exc:
+                log.error("cannot expire console logs in %s: %s", self.log_dir, exc)
+            except Exception:
+                log.exception("expiring console logs in %s failed", self.log_dir)
+            await asyncio.sleep(LOG_EXPIRY_INTERVAL_SECONDS)
 
     def new_attachment(self, caller: Caller, mode: str) -> Attachment:
-        return Attachment(caller, mode, self.queue_bytes)
+        return Attachment(caller, mode, self.limits.console_client_queue_bytes)
 
     def _on_event(self, event: LifecycleEvent) -> None:
         hub = self.hubs.get(event.uuid)
