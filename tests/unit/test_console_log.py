@@ -1,5 +1,5 @@
 """The per-domain console log: one per UUID, bounded size, count and write rate, rotation,
-tail across files, expiry of logs of domains long gone."""
+tail across files, expiry of logs of domains long gone; and the hubs that write them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from vpsshell.backends.base import DomainInfo, DomainState, LifecycleEvent
 from vpsshell.backends.sim import SimBackend
@@ -217,3 +219,32 @@ def test_the_hub_of_a_uuid_gone_with_its_domain_is_closed(tmp_path: Path) -> Non
         return closed, still
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_an_attachment_whose_session_never_starts_gives_its_slot_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever keeps a reply with its session from going out, the writer's slot comes back."""
+    from vpsshell.daemon import consoles as consoles_module
+    from vpsshell.daemon.peer import Caller
+
+    monkeypatch.setattr(consoles_module, "SESSION_START_SECONDS", 0.05)
+    reasons: list[str] = []
+
+    async def scenario() -> bool:
+        backend = SimBackend.from_config({"domains": []}, str(tmp_path / "state"))
+        consoles = ConsoleManager(
+            backend, str(tmp_path), Limits(), on_detach=lambda a, reason: reasons.append(reason)
+        )
+        hub = consoles.hub_for(info("web1", WEB1))
+        caller = Caller(uid=1000, gid=1000, pid=1, user="alice", groups=())
+        hub.attach(consoles.new_attachment(caller, "write"), takeover=False, replay=0)
+        for _ in range(100):
+            if hub.writer is None:
+                break
+            await asyncio.sleep(0.01)
+        await consoles.stop()
+        return hub.writer is None
+
+    assert asyncio.run(scenario()) is True
+    assert reasons == ["not-started"]
