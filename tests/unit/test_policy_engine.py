@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vpsshell.policy import ACTIONS, Decision, Policy, parse_policy
+from vpsshell.policy import ACTIONS, Decision, Policy, Rule, parse_policy
 
 NOON = dt.datetime(2026, 6, 1, 12, 0)
 
@@ -249,3 +251,110 @@ def test_example_scenarios() -> None:
     assert not mallory.allowed and mallory.reason == "suspended"
     assert policy.decide("bob", [], "console", "acme-db", now=dt.datetime(2026, 12, 31, 23)).allowed
     assert not policy.decide("bob", [], "console", "acme-db", now=dt.datetime(2027, 1, 1)).allowed
+
+
+# -- the index: decisions equal those of a scan of every rule ---------------------------------
+
+_USERS = ["u0", "u1", "u2"]
+_GROUPS = ["g0", "g1", "g2"]
+#: u0 and g0 get most rules, so that they often have enough to be indexed by domain
+_SUBJECTS = [("user", "u0")] * 3 + [("group", "g0")] * 3 + [("user", "u1"), ("group", "g1")]
+_DOMAINS = [f"d{i}" for i in range(14)]
+_BIG = frozenset(_DOMAINS[:10])  # larger than the index's "few domains": indexed by set
+
+
+def _scan(policy: Policy, user: str, groups: frozenset[str], action: str, domain: str) -> Decision:
+    """What a decision was before the index: every rule of the policy, looked at in order."""
+    rules = [r for r in policy.rules if r.applies_to(user, groups) and r.active_on(NOON.date())]
+    return Policy._evaluate(rules, user, action, domain)
+
+
+@st.composite
+def _rules(draw: st.DrawFn) -> list[Rule]:
+    # a few shared domain sets, one of them also as an equal but distinct object
+    shared = [_BIG, frozenset(set(_BIG)), frozenset(_DOMAINS[4:13]), frozenset(_DOMAINS[:2])]
+    rules = []
+    for line in range(1, draw(st.integers(0, 60)) + 1):
+        effect = draw(st.sampled_from(["allow", "deny"]))
+        kind, name = draw(st.sampled_from(_SUBJECTS))
+        domains: frozenset[str] | None = draw(
+            st.one_of(
+                st.sampled_from(shared),
+                st.frozensets(st.sampled_from(_DOMAINS), min_size=1, max_size=12),
+                st.just(None),  # "*" (a deny in policy text; the engine does not care)
+            )
+        )
+        actions = draw(st.frozensets(st.sampled_from(ACTIONS), min_size=1))
+        expires = draw(st.sampled_from([None, dt.date(2026, 5, 31), dt.date(2026, 6, 1)]))
+        confirm = draw(st.sampled_from([None, "password"])) if effect == "allow" else None
+        rules.append(
+            Rule("p.policy", line, effect, kind, name, actions, domains, expires, None, confirm)
+        )
+    return rules
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rules=_rules(),
+    user=st.sampled_from(_USERS),
+    groups=st.frozensets(st.sampled_from(_GROUPS)),
+    action=st.sampled_from(ACTIONS),
+    domain=st.sampled_from([*_DOMAINS, "other"]),
+)
+def test_indexed_decisions_equal_a_scan_of_every_rule(
+    rules: list[Rule], user: str, groups: frozenset[str], action: str, domain: str
+) -> None:
+    policy = Policy(rules)
+    assert policy.decide(user, groups, action, domain, now=NOON) == _scan(
+        policy, user, groups, action, domain
+    )
+    candidates = [*_DOMAINS, "other"]
+    expected = {d for d in candidates if _scan(policy, user, groups, "status", d).allowed}
+    assert policy.visible_domains(user, groups, candidates, now=NOON) == expected
+    active = [r for r in rules if r.applies_to(user, groups) and r.active_on(NOON.date())]
+    assert policy.rules_for(user, groups, now=NOON) == active
+
+
+def test_a_subject_with_many_rules_on_shared_sets_decides_like_a_scan() -> None:
+    racks = "".join(
+        f"domains @rack{r} = " + " ".join(f"r{r}-d{i}" for i in range(20)) + "\n" for r in range(30)
+    )
+    rules = "".join(f"allow group:support @viewer @rack{r}\n" for r in range(30))
+    rules += "".join(f"allow group:noc start,reboot @rack{r}\n" for r in range(0, 30, 2))
+    rules += 'deny group:support console,log @rack3 reason="NOC only"\n'
+    rules += "".join(f"allow user:ops{i % 3} console r{i}-d{i} r{i}-d1\n" for i in range(30))
+    policy = parse_policy(racks + rules)
+    assert policy.errors == []
+    everything = [f"r{r}-d{i}" for r in range(31) for i in range(21)]
+    for user, groups in [("sam", {"support"}), ("ops1", {"noc", "support"}), ("x", set())]:
+        for domain in everything[::7]:
+            for action in ("status", "log", "console", "start"):
+                assert policy.decide(user, groups, action, domain, now=NOON) == _scan(
+                    policy, user, frozenset(groups), action, domain
+                )
+        visible = policy.visible_domains(user, groups, everything, now=NOON)
+        assert visible == {
+            d for d in everything if _scan(policy, user, frozenset(groups), "status", d).allowed
+        }
+    assert len(policy.visible_domains("sam", ["support"], everything, now=NOON)) == 600
+    denied = policy.decide("sam", ["support"], "log", "r3-d5", now=NOON)
+    assert not denied.allowed and denied.reason == "NOC only"
+
+
+def test_equal_domain_sets_of_different_subjects_match_once() -> None:
+    # Rules built elsewhere may hold equal sets as distinct objects; each rule still matches once.
+    racks = [frozenset(f"r{r}-d{i}" for i in range(12)) for r in range(4)]
+    copy = frozenset(set(racks[0]))
+    rules = [
+        Rule("p", line, "allow", kind, name, frozenset({"status"}), domains)
+        for line, (kind, name, domains) in enumerate(
+            [("user", "u0", rack) for rack in racks] * 5
+            + [("group", "g0", copy)]
+            + [("group", "g0", rack) for rack in racks[1:]] * 6,
+            start=1,
+        )
+    ]
+    policy = Policy(rules)
+    decision = policy.decide("u0", ["g0"], "status", "r0-d3", now=NOON)
+    assert decision == _scan(policy, "u0", frozenset({"g0"}), "status", "r0-d3")
+    assert [r.line for r in decision.matches] == [1, 5, 9, 13, 17, 21]

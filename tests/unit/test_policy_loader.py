@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from vpsshell.policy import POLICY_FILE_RE, Policy, dir_fingerprint, load_policy_dir
+from vpsshell.policy import loader as policy_loader
+from vpsshell.policy import parser as policy_parser
+from vpsshell.policy.model import MAX_FILE_BYTES
 
 ME = frozenset({os.geteuid()})
 NOT_ME = frozenset({os.geteuid() + 1})
@@ -172,8 +175,8 @@ def test_non_utf8_file_is_an_error_with_line(tmp_path: Path) -> None:
 
 def test_oversized_file_is_an_error(tmp_path: Path) -> None:
     d = make_dir(tmp_path)
-    write(d, "10-big.policy", b"#" * (1024 * 1024 + 1))
-    assert error_strings(load(d)) == ["10-big.policy:0: file larger than 1048576 bytes"]
+    write(d, "10-big.policy", b"#" * (MAX_FILE_BYTES + 1))
+    assert error_strings(load(d)) == [f"10-big.policy:0: file larger than {MAX_FILE_BYTES} bytes"]
 
 
 def test_fingerprint_tracks_edits(tmp_path: Path) -> None:
@@ -197,3 +200,53 @@ def test_fingerprint_tracks_edits(tmp_path: Path) -> None:
 
 def test_fingerprint_of_missing_directory_does_not_raise(tmp_path: Path) -> None:
     assert dir_fingerprint(str(tmp_path / "nope"))[0] == "error"
+
+
+# -- overlay: a change validated as the helper will load it -----------------------------------
+
+
+def test_overlay_is_loaded_as_if_installed(tmp_path: Path) -> None:
+    d = make_dir(tmp_path)
+    write(d, "10-a.policy", "domains @acme = acme-web\nallow user:a start web1\n")
+    write(d, "20-b.policy", "allow user:b start web2\n")
+    overlay = {"20-b.policy": None, "15-new.policy": "allow group:acme @operator @acme\n"}
+    policy = load_policy_dir(str(d), trusted_uids=ME, overlay=overlay)
+    assert policy.errors == []
+    assert [r.location for r in policy.rules] == ["10-a.policy:2", "15-new.policy:1"]
+    assert policy.files == [str(d / "10-a.policy"), str(d / "15-new.policy")]
+    assert policy.fingerprint() == dir_fingerprint(str(d))
+    assert [r.location for r in load(d).rules] == ["10-a.policy:2", "20-b.policy:1"]  # untouched
+    # the other files are checked as the helper checks them; the overlaid one is about to be
+    # installed root-owned, so its current owner does not matter
+    problems = error_strings(load_policy_dir(str(d), trusted_uids=NOT_ME, overlay=overlay))
+    assert any(p.startswith("10-a.policy:0: file is owned by") for p in problems)
+    assert not any(p.startswith("15-new.policy:0") for p in problems)
+    with pytest.raises(ValueError):
+        load_policy_dir(str(d), trusted_uids=ME, overlay={"x.policy~": ""})
+
+
+def test_overlay_counts_against_every_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = make_dir(tmp_path)
+    for i in range(3):
+        write(d, f"1{i}-a.policy", f"allow user:a start web{i}\n")
+    monkeypatch.setattr(policy_loader, "MAX_FILES", 3)
+    monkeypatch.setattr(policy_loader, "MAX_TOTAL_BYTES", 130)
+    monkeypatch.setattr(policy_parser, "MAX_RULES", 4)
+    assert load(d).errors == []
+
+    def problems(overlay: dict[str, str | None]) -> list[str]:
+        return error_strings(load_policy_dir(str(d), trusted_uids=ME, overlay=overlay))
+
+    assert problems({"20-b.policy": "# a fourth file\n"}) == [f"{d}:0: more than 3 policy files"]
+    assert problems({"10-a.policy": "# " + "x" * 80 + "\n"}) == [
+        "12-a.policy:0: policy directory holds more than 130 bytes"
+    ]
+    two = "allow user:b start web1\nallow user:b start web2\n"
+    three = two + "allow user:b start web3\n"
+    assert problems({"11-a.policy": two}) == []  # exactly at the limit
+    assert problems({"11-a.policy": three}) == ["12-a.policy:1: too many rules (limit 4)"]
+    assert problems({"10-a.policy": None, "20-b.policy": three}) == [
+        "20-b.policy:3: too many rules (limit 4)"
+    ]

@@ -5,18 +5,35 @@ whatever the rule or file order; any allow on a domain implies ``status`` on it;
 any error denies everything. The caller supplies the user and groups it has verified (the
 daemon, from SO_PEERCRED and NSS): this module must never look identities up itself, never
 trust a name it did not get from its caller, and never raise on an unknown action or domain.
+
+A decision looks only at the rules that can match it: the rules are indexed by subject, and a
+subject with many rules (a support group with a rule per rack, an operator with a rule per
+tenant) also by domain, so a decision or a ``list`` costs about the same whatever the size of
+the policy (bench/policy_scale.py). The index never holds a shared named set once per rule that
+uses it, so its size stays proportional to the policy text.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from .model import ALL_ACTIONS, CONFIRM_STRENGTH, Decision, PolicyError, Rule
-from .parser import ParsedPolicy, parse_sources
+from .parser import ParsedPolicy, gc_paused, parse_sources
 
 NO_GRANT = "no rule grants this"
 DENIED_BY_RULE = "denied by policy"
+
+#: A subject with more rules than this gets its rules indexed by domain too; below it, looking
+#: at each of its rules is as cheap as the index and saves the memory (most subjects are
+#: tenants with one or two rules).
+_FEW_RULES = 16
+#: A rule naming more domains than this (usually through a named set shared by many rules) is
+#: indexed once, by its set of domains, rather than once per domain.
+_FEW_DOMAINS = 8
+
+#: Rule positions (in file/line order): one int, or a list of them when there are several.
+_Positions = int | list[int]
 
 
 def _local_date(now: _dt.datetime | None) -> _dt.date:
@@ -33,6 +50,136 @@ def _stronger(candidate: str | None, current: str | None) -> bool:
     if candidate is None:
         return False
     return current is None or CONFIRM_STRENGTH[candidate] > CONFIRM_STRENGTH[current]
+
+
+def _add(table: dict[str, _Positions], key: str, position: int) -> None:
+    held = table.get(key)
+    if held is None:
+        table[key] = position
+    elif isinstance(held, int):
+        table[key] = [held, position]
+    else:
+        held.append(position)
+
+
+def _positions(held: _Positions | None) -> Iterable[int]:
+    if held is None:
+        return ()
+    if isinstance(held, int):
+        return (held,)
+    return held
+
+
+class _ManyRules:
+    """One subject's rules, by domain, for a subject with many of them."""
+
+    __slots__ = ("by_domain", "wide", "by_domain_set")
+
+    def __init__(self) -> None:
+        #: domain -> rules naming at most _FEW_DOMAINS domains, this one among them
+        self.by_domain: dict[str, _Positions] = {}
+        #: rules for every domain (``*``)
+        self.wide: list[int] = []
+        #: larger domain sets -> the rules naming exactly that set
+        self.by_domain_set: dict[frozenset[str], list[int]] = {}
+
+
+class _RuleIndex:
+    """Where to look for the rules that may match a (subject, domain): positions in the policy.
+
+    ``covering`` returns every rule of the given subjects that covers the domain, and no other;
+    the caller still checks actions and expiry exactly as for a full scan.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = rules
+        self.users: dict[str, _Positions] = {}
+        self.groups: dict[str, _Positions] = {}
+        for position, rule in enumerate(rules):
+            table = self.users if rule.subject_kind == "user" else self.groups
+            _add(table, rule.subject_name, position)
+        #: subjects with many rules: ("user"|"group", name) -> their rules by domain
+        self.many: dict[tuple[str, str], _ManyRules] = {}
+        #: domain -> the larger domain sets of ``many`` that hold it, each set listed once
+        self.sets_with: dict[str, frozenset[str] | list[frozenset[str]]] = {}
+        self._listed_sets: set[frozenset[str]] = set()
+        for kind, table in (("user", self.users), ("group", self.groups)):
+            for name, held in table.items():
+                if isinstance(held, list) and len(held) > _FEW_RULES:
+                    self.many[(kind, name)] = self._index_by_domain(held)
+
+    def _index_by_domain(self, positions: list[int]) -> _ManyRules:
+        index = _ManyRules()
+        for position in positions:
+            domains = self.rules[position].domains
+            if domains is None:
+                index.wide.append(position)
+            elif len(domains) <= _FEW_DOMAINS:
+                for domain in domains:
+                    _add(index.by_domain, domain, position)
+            else:
+                same = index.by_domain_set.get(domains)
+                if same is None:
+                    index.by_domain_set[domains] = [position]
+                    self._note_domain_set(domains)
+                else:
+                    same.append(position)
+        return index
+
+    def _note_domain_set(self, domains: frozenset[str]) -> None:
+        if domains in self._listed_sets:
+            return  # another subject names the same set
+        self._listed_sets.add(domains)
+        for domain in domains:
+            held = self.sets_with.get(domain)
+            if held is None:
+                self.sets_with[domain] = domains  # most domains are in one set: no list
+            elif isinstance(held, frozenset):
+                self.sets_with[domain] = [held, domains]
+            else:
+                held.append(domains)
+
+    def subjects(self, user: str, groups: frozenset[str]) -> list[tuple[str, str]]:
+        """The subjects that have rules, among ``user:USER`` and ``group:G`` for each group."""
+        found = [("user", user)] if user in self.users else []
+        found += [("group", group) for group in groups if group in self.groups]
+        return found
+
+    def _all(self, subject: tuple[str, str]) -> Iterable[int]:
+        table = self.users if subject[0] == "user" else self.groups
+        return _positions(table.get(subject[1]))
+
+    def of_subjects(self, subjects: list[tuple[str, str]]) -> list[int]:
+        """Every rule of ``subjects``, in policy order."""
+        found = [position for subject in subjects for position in self._all(subject)]
+        found.sort()
+        return found
+
+    def covering(self, subjects: list[tuple[str, str]], domain: str) -> list[int]:
+        """The rules of ``subjects`` that cover ``domain``, in policy order."""
+        found: list[int] = []
+        for subject in subjects:
+            many = self.many.get(subject)
+            if many is None:
+                found.extend(p for p in self._all(subject) if self.rules[p].covers_domain(domain))
+                continue
+            found.extend(_positions(many.by_domain.get(domain)))
+            found.extend(many.wide)
+            if many.by_domain_set:
+                found.extend(self._in_domain_sets(many, domain))
+        found.sort()
+        return found
+
+    def _in_domain_sets(self, many: _ManyRules, domain: str) -> Iterator[int]:
+        held = self.sets_with.get(domain)
+        holding = [] if held is None else [held] if isinstance(held, frozenset) else held
+        if len(holding) < len(many.by_domain_set):
+            for domains in holding:
+                yield from many.by_domain_set.get(domains, ())
+        else:
+            for domains, positions in many.by_domain_set.items():
+                if domain in domains:
+                    yield from positions
 
 
 class Policy:
@@ -59,11 +206,8 @@ class Policy:
         self.files: list[str] = list(files)
         self.ignored_files: list[str] = list(ignored_files)
         self._fingerprint = fingerprint
-        # (subject kind, name) -> [(position in file/line order, rule)]
-        self._by_subject: dict[tuple[str, str], list[tuple[int, Rule]]] = {}
-        for position, rule in enumerate(self.rules):
-            key = (rule.subject_kind, rule.subject_name)
-            self._by_subject.setdefault(key, []).append((position, rule))
+        with gc_paused():
+            self._index = _RuleIndex(self.rules)
 
     @classmethod
     def from_parsed(
@@ -98,6 +242,18 @@ class Policy:
         parsed = parse_sources(texts.items())
         return cls.from_parsed(parsed, file_order=names, files=names)
 
+    def parse_with_sets(self, texts: Mapping[str, str]) -> Policy:
+        """``texts`` as a policy of their own that may use this policy's named sets.
+
+        For reading one rule typed on a command line against a large installed policy without
+        parsing that policy again. The result holds only the rules of ``texts``.
+        """
+        known = {name: ("actions", members) for name, members in self.action_sets.items()}
+        known |= {name: ("domains", members) for name, members in self.domain_sets.items()}
+        names = list(texts)
+        parsed = parse_sources(texts.items(), known_sets=known)
+        return Policy.from_parsed(parsed, file_order=names, files=names)
+
     @property
     def broken(self) -> bool:
         return bool(self.errors)
@@ -109,13 +265,21 @@ class Policy:
         """
         return self._fingerprint
 
-    def _rules_for(self, user: str, groups: frozenset[str], day: _dt.date) -> list[Rule]:
-        """Non-expired rules whose subject is the user or one of the groups, in file order."""
-        found = list(self._by_subject.get(("user", user), ()))
-        for group in groups:
-            found.extend(self._by_subject.get(("group", group), ()))
-        found.sort(key=lambda item: item[0])
-        return [rule for _, rule in found if rule.active_on(day)]
+    def rules_for(
+        self, user: str, groups: Iterable[str], now: _dt.datetime | None = None
+    ) -> list[Rule]:
+        """Non-expired rules whose subject is ``user`` or one of ``groups``, in file order."""
+        if isinstance(groups, str):
+            raise TypeError("groups must be an iterable of group names, not a str")
+        day = _local_date(now)
+        subjects = self._index.subjects(user, frozenset(groups))
+        rules = self.rules
+        return [rules[p] for p in self._index.of_subjects(subjects) if rules[p].active_on(day)]
+
+    def _covering(self, subjects: list[tuple[str, str]], domain: str, day: _dt.date) -> list[Rule]:
+        """Non-expired rules of ``subjects`` that cover ``domain``, in file order."""
+        rules = self.rules
+        return [rules[p] for p in self._index.covering(subjects, domain) if rules[p].active_on(day)]
 
     @staticmethod
     def _evaluate(candidates: list[Rule], user: str, action: str, domain: str) -> Decision:
@@ -183,7 +347,8 @@ class Policy:
                 user=user,
                 reason=f"unknown action {action!r}",
             )
-        candidates = self._rules_for(user, group_set, _local_date(now))
+        subjects = self._index.subjects(user, group_set)
+        candidates = self._covering(subjects, domain, _local_date(now)) if subjects else []
         return self._evaluate(candidates, user, action, domain)
 
     def explain(
@@ -209,10 +374,16 @@ class Policy:
             raise TypeError("groups must be an iterable of group names, not a str")
         if self.errors:
             return set()
-        rules = self._rules_for(user, frozenset(groups), _local_date(now))
-        if not rules:
+        subjects = self._index.subjects(user, frozenset(groups))
+        if not subjects:
             return set()
-        return {d for d in candidates if self._evaluate(rules, user, "status", d).allowed}
+        day = _local_date(now)
+        visible = set()
+        for domain in candidates:
+            rules = self._covering(subjects, domain, day)
+            if rules and self._evaluate(rules, user, "status", domain).allowed:
+                visible.add(domain)
+        return visible
 
     def __repr__(self) -> str:
         state = f"{len(self.errors)} errors" if self.errors else "ok"

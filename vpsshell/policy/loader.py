@@ -7,6 +7,10 @@ between check and read cannot slip in) owned by a trusted uid and not writable b
 others; the directory likewise. Any violation is an error that makes the whole policy deny
 everything. This module must never follow a symlink to a policy file, block on a FIFO, read an
 unbounded amount of data, or raise on a bad directory.
+
+``vpsshell-admin`` validates a change by loading the directory here with the change laid over
+it (``overlay``), so the same checks and limits (size, number of files, number of rules) decide
+whether a change may be installed as decide whether the helper accepts the result.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Mapping
 
 from .engine import Policy
 from .model import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, PolicyError
@@ -84,11 +89,32 @@ def _read_file(
         os.close(fd)
 
 
-def load_policy_dir(path: str, trusted_uids: frozenset[int] = frozenset({0})) -> Policy:
+def _check_text(text: str, budget: int) -> tuple[bytes | None, str | None]:
+    """(encoded text, None) or (None, problem), with the limits ``_read_file`` applies."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) > min(MAX_FILE_BYTES, budget):
+        if budget < MAX_FILE_BYTES:
+            return None, f"policy directory holds more than {MAX_TOTAL_BYTES} bytes"
+        return None, f"file larger than {MAX_FILE_BYTES} bytes"
+    return data, None
+
+
+def load_policy_dir(
+    path: str,
+    trusted_uids: frozenset[int] = frozenset({0}),
+    overlay: Mapping[str, str | None] | None = None,
+) -> Policy:
     """Load every policy file in ``path`` as one policy; problems end up in ``policy.errors``.
 
-    File errors name the file's base name; directory errors name ``path``.
+    File errors name the file's base name; directory errors name ``path``. ``overlay`` maps
+    policy file names to the text they are about to get (None: about to be removed): the
+    directory is loaded as if that were done, each such file as a regular file of a trusted
+    owner, counted against every limit like the others.
     """
+    overlay = dict(overlay or {})
+    for name in overlay:
+        if not is_policy_file_name(name):
+            raise ValueError(f"not a policy file name: {name!r}")
     fingerprint = dir_fingerprint(path)
     errors: list[PolicyError] = []
     sources: list[tuple[str, str]] = []
@@ -111,14 +137,21 @@ def load_policy_dir(path: str, trusted_uids: frozenset[int] = frozenset({0})) ->
         if problem:
             errors.append(PolicyError(path, 0, problem))
         entries = sorted(os.listdir(dir_fd))
-        names = [name for name in entries if is_policy_file_name(name)]
+        present = {name for name in entries if is_policy_file_name(name)}
+        present |= {name for name, text in overlay.items() if text is not None}
+        present -= {name for name, text in overlay.items() if text is None}
+        names = sorted(present)
         ignored = [name for name in entries if not is_policy_file_name(name)]
         if len(names) > MAX_FILES:
             errors.append(PolicyError(path, 0, f"more than {MAX_FILES} policy files"))
             names = names[:MAX_FILES]
         budget = MAX_TOTAL_BYTES
         for name in names:
-            data, problem = _read_file(dir_fd, name, trusted_uids, budget)
+            new_text = overlay.get(name)
+            if new_text is not None:
+                data, problem = _check_text(new_text, budget)
+            else:
+                data, problem = _read_file(dir_fd, name, trusted_uids, budget)
             if data is None:
                 errors.append(PolicyError(name, 0, problem or "cannot read"))
                 continue

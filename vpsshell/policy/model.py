@@ -43,18 +43,31 @@ BUILTIN_ACTION_SETS: dict[str, frozenset[str]] = {
 CONFIRM_STRENGTH: dict[str, int] = {"password": 1}
 OPTION_KEYS: tuple[str, ...] = ("expires", "reason", "confirm")
 
-# Limits that keep a hostile or broken policy from exhausting memory or time.
-MAX_FILE_BYTES = 1024 * 1024
+# Limits that keep a hostile or broken policy from exhausting memory or time. Crossing one
+# is an error, and a policy with an error denies everything, so each is set well above what a
+# real host needs; vpsshell-admin refuses a change that would cross one (see
+# bench/README.md, "policy_scale.py", for the measurements behind the numbers).
+#
+#: Rules in the whole policy. A big host has some 5,000 tenants with one to three rules each
+#: (~15,000 rules); a gateway in front of many hosts 50,000+ tenants (~150,000). A million is
+#: several times that, and still loads in about 10 s into about 0.7 GiB (measured: 100,000
+#: rules 1 s and 80 MiB; decisions cost the same at any size). Beyond it a policy is a
+#: generator gone wrong, not a host, and loading it would stall the helper for a minute.
+MAX_RULES = 1_000_000
+#: Statements of 60-100 bytes: MAX_RULES rules fit in MAX_TOTAL_BYTES, and a gateway's
+#: generated tenants file (~150,000 rules) in one file.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_TOTAL_BYTES = 128 * 1024 * 1024
+MAX_FILES = 1000
 MAX_LINE_CHARS = 4096
-MAX_RULES = 10_000
-MAX_SETS = 10_000
+#: As many as rules: a named set per tenant (``domains @acme = ...``) must not run out first.
+MAX_SETS = MAX_RULES
 MAX_SET_MEMBERS = 1000
 MAX_SET_DEPTH = 32
-#: Total members copied while expanding set references, over the whole policy.
-MAX_EXPANSION_WORK = 2_000_000
+#: Total members copied while expanding set references, over the whole policy (a rule naming
+#: one set shares it; one joining several sets or names copies them): ten per rule at MAX_RULES.
+MAX_EXPANSION_WORK = 10 * MAX_RULES
 MAX_ERRORS = 100
-MAX_FILES = 1000
-MAX_TOTAL_BYTES = 16 * 1024 * 1024
 MAX_REASON_CHARS = 200
 
 DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
@@ -98,7 +111,7 @@ class PolicyError(Exception):
 _BARE_REASON_RE = re.compile(r'[^\s"]+')
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One ``allow``/``deny`` line with its sets already expanded.
 
