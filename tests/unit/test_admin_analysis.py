@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from vpsshell.admin import access, lint
 from vpsshell.admin.assertions import describe_failure, evaluate, parse_assertions
 from vpsshell.admin.identities import StaticIdentities
@@ -89,6 +92,42 @@ def test_diff_shows_a_new_confirmation_requirement() -> None:
         "+ alice poweroff web1 (confirm=password)",
         "- alice poweroff web1",
     ]
+
+
+_STATEMENTS = [
+    "allow user:alice @operator web1",
+    "allow user:alice console web2 expires=2026-05-31",
+    "allow user:bob log,watch web1,web2",
+    "allow user:bob poweroff web3 confirm=password",
+    "allow group:acme @viewer @acme",
+    "allow group:acme reboot acme-web",
+    "deny group:acme console acme-db",
+    "deny user:mallory * * reason=suspended",
+    "deny user:carol log *",
+    "allow user:carol start acme-db,web1",
+    "allow user:nobody status web9",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    old=st.lists(st.sampled_from(_STATEMENTS), max_size=7),
+    new=st.lists(st.sampled_from(_STATEMENTS), max_size=7),
+)
+def test_diff_looks_only_where_a_change_matters_and_misses_nothing(
+    old: list[str], new: list[str]
+) -> None:
+    sets = "domains @acme = acme-web acme-db\n"
+    before = policy(sets + "".join(line + "\n" for line in old))
+    after = policy(sets + "".join(line + "\n" for line in reversed(new)))
+    everyone_before: set[access.Access] = set()
+    everyone_after: set[access.Access] = set()
+    for person in access.principals([before, after], PEOPLE):
+        everyone_before |= access.effective_access(before, person, NOW)
+        everyone_after |= access.effective_access(after, person, NOW)
+    added, removed = access.access_diff(before, after, PEOPLE, NOW)
+    assert set(added) == everyone_after - everyone_before
+    assert set(removed) == everyone_before - everyone_after
 
 
 def test_broken_policy_grants_nothing() -> None:

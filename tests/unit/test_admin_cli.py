@@ -26,6 +26,8 @@ from vpsshell.admin.install import CONFIG_TEMPLATE
 from vpsshell.admin.main import build_parser, run
 from vpsshell.admin.policydir import LOCK_NAME
 from vpsshell.daemon.config import DaemonConfig, parse_config
+from vpsshell.policy import loader as policy_loader
+from vpsshell.policy import parser as policy_parser
 
 NOW = dt.datetime(2026, 6, 1, 12, 0)
 PEOPLE = StaticIdentities(
@@ -279,6 +281,69 @@ def test_grant_is_refused_while_the_policy_is_broken(site: Site) -> None:
     result = admin(site, "policy", "grant", "user:bob", "start", "web2")
     assert result.code == 1
     assert "30-broken.policy:1: unknown set @operatr" in result.out
+    assert not (site.policy_dir / MANAGED_FILE).exists()
+
+
+@pytest.fixture
+def at_rule_limit(site: Site, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A policy of exactly the rule limit (made 8 here: parsing a million rules takes seconds).
+
+    Returns the text of its generated tenants file.
+    """
+    monkeypatch.setattr(policy_parser, "MAX_RULES", 8)
+    text = "".join(f"allow user:t{i} @operator t{i}-web\n" for i in range(5))
+    site.write("20-generated.policy", text)
+    assert admin(site, "policy", "check").out == "OK: 8 rule(s) in 2 file(s)\n"
+    return text
+
+
+def listing(site: Site) -> list[str]:
+    """The policy directory's entries but the lock (temporary files are hidden: listed too)."""
+    return sorted(set(os.listdir(site.policy_dir)) - {LOCK_NAME})
+
+
+def test_grant_that_would_cross_the_rule_limit_is_refused(site: Site, at_rule_limit: str) -> None:
+    before = listing(site)
+    result = admin(site, "policy", "grant", "user:bob", "start", "web2")
+    assert result.code == 1, result
+    assert result.out == (
+        f"{site.policy_dir}/{MANAGED_FILE}:4: too many rules (limit 8)\n"
+        "1 error(s): nothing was installed\n"
+    )
+    assert listing(site) == before  # no managed file, no leftovers
+    assert site.read("20-generated.policy") == at_rule_limit
+    assert admin(site, "policy", "explain", "alice", "start", "web1").code == 0
+    # the same for an edit that adds a file, and for one that grows a file
+    env = editor(site, 'echo "allow user:bob log web2" >> "$1"\n')
+    for name in ("60-new.policy", "20-generated.policy"):
+        result = admin(site, "policy", "edit", name, stdin="x\n", environ=env)
+        assert result.code == 1, result
+        assert "too many rules (limit 8)" in result.out
+        assert "discarded; nothing was changed" in result.out
+    assert listing(site) == before
+    assert site.read("20-generated.policy") == at_rule_limit
+
+
+def test_at_the_rule_limit_revoke_and_replacing_grants_still_work(
+    site: Site, at_rule_limit: str
+) -> None:
+    site.write("20-generated.policy", at_rule_limit.split("\n", 1)[1])  # one rule of room
+    assert admin(site, "policy", "grant", "user:bob", "start", "web2").code == 0
+    # at the limit now: new options for the same grant replace its rule, a revoke makes room
+    again = admin(site, "policy", "grant", "user:bob", "start", "web2", "--expires", "2031-01-01")
+    assert again.code == 0, again
+    result = admin(site, "policy", "revoke", "user:bob", "start", "web2")
+    assert result.code == 0, result
+    assert "- bob status,start web2" in result.out
+
+
+def test_a_change_that_would_cross_the_file_limit_is_refused(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy_loader, "MAX_FILES", 1)
+    result = admin(site, "policy", "grant", "user:bob", "start", "web2")
+    assert result.code == 1
+    assert f"{site.policy_dir}: more than 1 policy files" in result.out
     assert not (site.policy_dir / MANAGED_FILE).exists()
 
 

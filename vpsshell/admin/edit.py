@@ -95,6 +95,7 @@ def _edit_loop(
     copy: str,
     identities: Identities,
 ) -> int:
+    installed_now = None  # the directory's policy, loaded once the first copy validates
     while True:
         if not run_editor(ctx, copy):
             return AdminExit.FAILED
@@ -108,7 +109,7 @@ def _edit_loop(
         if text == start_text or (start_text is None and not _has_statements(text)):
             ctx.out(f"{name}: no changes")
             return AdminExit.OK
-        change = Change(policy_dir, name, original, text)
+        change = Change(policy_dir, name, original, text, installed_now=installed_now)
         new = change.validate(ctx)
         if new.errors:
             print_errors(ctx, change, new)
@@ -116,7 +117,8 @@ def _edit_loop(
                 continue
             ctx.out("discarded; nothing was changed")
             return AdminExit.FAILED
-        print_diff(ctx, change.current(ctx), new, identities)
+        installed_now = change.current(ctx)
+        print_diff(ctx, installed_now, new, identities)
         choice = ctx.ask("What now? (e)dit again, (x) discard, (a)pply: ", "exa", on_eof="x")
         if choice == "e":
             continue

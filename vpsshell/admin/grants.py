@@ -19,7 +19,7 @@ from vpsshell.admin import access
 from vpsshell.admin.changes import Change, install, print_diff, print_errors
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
-from vpsshell.admin.policydir import PolicyLock, load_with_overlay, read_policy_file, read_texts
+from vpsshell.admin.policydir import PolicyLock, load_with_overlay, read_policy_file
 from vpsshell.policy import ACTIONS, Policy, Rule
 from vpsshell.policy.model import ALL_ACTIONS
 from vpsshell.policy.parser import tokenize_line
@@ -80,18 +80,24 @@ def rule_line(
     return " ".join(parts)
 
 
-def _parse_request(effect: str, request: Request, options: str, texts: dict[str, str]) -> Rule:
-    """The request as one rule, with sets resolved against the directory; usage error if bad."""
+def _parse_request(effect: str, request: Request, options: str, installed: Policy) -> Rule:
+    """The request as one rule, with the installed policy's sets; usage error if bad.
+
+    Read on its own (with the sets of ``installed``), so that it is never the rule past the
+    policy's limit: a change that would cross the limit is refused as a whole when it is
+    validated (exit 1, nothing installed), and a revoke that makes room still parses.
+    """
     line = rule_line(effect, request.subject, request.actions, request.domains)
     if options:
         line += " " + options
-    policy = Policy.from_texts({**texts, _COMMAND_LINE: line + "\n"})
-    mine = [e for e in policy.errors if e.file == _COMMAND_LINE]
-    if mine:
-        raise AdminError("; ".join(e.message for e in mine), AdminExit.USAGE)
-    rules = [r for r in policy.rules if r.file == _COMMAND_LINE]
-    assert len(rules) == 1
-    return rules[0]
+    policy = installed.parse_with_sets({_COMMAND_LINE: line + "\n"})
+    if policy.errors:
+        message = "; ".join(e.message for e in policy.errors)
+        if installed.errors:
+            message += " (the policy has errors too: see vpsshell-admin policy check)"
+        raise AdminError(message, AdminExit.USAGE)
+    assert len(policy.rules) == 1
+    return policy.rules[0]
 
 
 def _single_line_statements(lines: list[str]) -> dict[int, list[str]]:
@@ -175,7 +181,8 @@ def cmd_grant(
         options.append(f"confirm={confirm}")
     policy_dir = ctx.config.policy_dir
     with PolicyLock(policy_dir):
-        rule = _parse_request("allow", request, " ".join(options), read_texts(policy_dir))
+        installed = load_with_overlay(policy_dir, {}, ctx.trusted_uids)
+        rule = _parse_request("allow", request, " ".join(options), installed)
         if rule.expires is not None and rule.expires < ctx.today():
             ctx.note(f"warning: expires={rule.expires} is in the past; the rule never matches")
         _warn_unknown_subject(ctx, request.subject, identities)
@@ -205,7 +212,7 @@ def cmd_grant(
                 del lines[number - 1]
         else:
             lines.append(new_line)
-        change = Change(policy_dir, MANAGED_FILE, original, _join(lines))
+        change = Change(policy_dir, MANAGED_FILE, original, _join(lines), installed_now=installed)
         status, new = _finish(ctx, change, dry_run, identities)
     if status != AdminExit.OK or new is None:
         return status
@@ -274,27 +281,26 @@ def cmd_revoke(ctx: AdminContext, request: Request, dry_run: bool, identities: I
     _check_words(request)
     policy_dir = ctx.config.policy_dir
     with PolicyLock(policy_dir):
-        target = _parse_request("deny", request, "", read_texts(policy_dir))
+        installed = load_with_overlay(policy_dir, {}, ctx.trusted_uids)
+        target = _parse_request("deny", request, "", installed)
         original = read_policy_file(policy_dir, MANAGED_FILE)
         if original is None:
             ctx.out(f"nothing to revoke: there is no {MANAGED_FILE}")
             change = None
         else:
             lines = _managed_lines(original)
-            current = load_with_overlay(policy_dir, {}, ctx.trusted_uids)
-            managed = {r.line: r for r in current.rules if r.file == MANAGED_FILE}
+            managed = {r.line: r for r in installed.rules if r.file == MANAGED_FILE}
             new_lines, touched = _revoke_lines(lines, managed, target)
             if not touched:
                 ctx.out(f"nothing to revoke in {MANAGED_FILE} for {request.subject}")
                 change = None
             else:
-                change = Change(policy_dir, MANAGED_FILE, original, _join(new_lines))
+                text = _join(new_lines)
+                change = Change(policy_dir, MANAGED_FILE, original, text, installed_now=installed)
         status, new = _finish(ctx, change, dry_run, identities)
     if status != AdminExit.OK:
         return status
-    if new is None:
-        new = load_with_overlay(policy_dir, {}, ctx.trusted_uids)
-    return _report_still_allowed(ctx, new, target, identities)
+    return _report_still_allowed(ctx, new or installed, target, identities)
 
 
 def _report_still_allowed(

@@ -2,11 +2,11 @@
 
 Every change goes through the same steps: take the directory's lock (``flock`` on a hidden
 file, which the helper ignores), validate the whole directory with the new text in place of
-the old (``load_with_overlay``), check the file did not change underneath, then install it
-atomically (a hidden temporary file in the same directory, owner root, mode 0644, ``fsync``,
-``rename``). A policy that does not validate is never installed. This module must never follow
-a symbolic link when reading or writing a policy file, and never leave a half-written file
-under a name the helper reads.
+the old (``load_with_overlay``: the helper's own loader, with all its limits), check the file
+did not change underneath, then install it atomically (a hidden temporary file in the same
+directory, owner root, mode 0644, ``fsync``, ``rename``). A policy that does not validate is
+never installed. This module must never follow a symbolic link when reading or writing a
+policy file, and never leave a half-written file under a name the helper reads.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from vpsshell.admin.context import AdminError, AdminExit
-from vpsshell.policy import Policy, PolicyError, is_policy_file_name, load_policy_dir
+from vpsshell.policy import Policy, is_policy_file_name, load_policy_dir
 from vpsshell.policy.model import MAX_FILE_BYTES
 
 #: Hidden, so the helper's loader ignores it; flock()ed by every command that changes files.
@@ -130,54 +130,13 @@ def load_with_overlay(
 ) -> Policy:
     """The directory's policy as the helper would load it with ``overlay`` installed.
 
-    ``overlay`` maps file names to their new text (None: the file is removed). File-level
-    problems of the other files (owner, mode, symlinks, the directory itself) are kept from a
-    real load, so a change cannot look valid while the directory around it is broken.
+    ``overlay`` maps file names to their new text (None: the file is removed). The whole
+    directory is loaded by the helper's own loader with the change laid over it, so every
+    check and limit the helper applies (owners and modes of the other files, file and
+    directory sizes, number of files, number of rules, sets) decides here too: a change that
+    would leave the helper with a broken policy shows up as errors.
     """
-    base = load_policy_dir(policy_dir, trusted_uids=trusted_uids)
-    names = set(policy_file_names(policy_dir))
-    names |= {name for name, text in overlay.items() if text is not None}
-    names -= {name for name, text in overlay.items() if text is None}
-    order = sorted(names)
-    unreadable = {e.file for e in base.errors if e.line == 0 and e.file in names}
-    extra: list[PolicyError] = [
-        error
-        for error in base.errors
-        if error.file not in overlay and (error.file not in names or error.file in unreadable)
-    ]
-    texts: dict[str, str] = {}
-    for name in order:
-        if name in overlay:
-            text = overlay[name]
-            assert text is not None
-            texts[name] = text
-            continue
-        if name in unreadable:
-            continue
-        try:
-            data = read_policy_file(policy_dir, name)
-        except AdminError as exc:
-            extra.append(PolicyError(name, 0, exc.message.removeprefix(f"{name}: ")))
-            continue
-        if data is None:
-            continue
-        try:
-            texts[name] = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            extra.append(PolicyError(name, data.count(b"\n", 0, exc.start) + 1, "not valid UTF-8"))
-    parsed = Policy.from_texts(texts)
-    position = {name: index for index, name in enumerate(order)}
-    errors = sorted(
-        dict.fromkeys([*extra, *parsed.errors]),
-        key=lambda e: (position.get(e.file, -1), e.line),
-    )
-    return Policy(
-        parsed.rules,
-        parsed.action_sets,
-        parsed.domain_sets,
-        errors,
-        [os.path.join(policy_dir, name) for name in texts],
-    )
+    return load_policy_dir(policy_dir, trusted_uids=trusted_uids, overlay=overlay)
 
 
 def resolve_target(policy_dir: str, argument: str) -> str:
