@@ -83,10 +83,14 @@ allow user:vpst-carol  @viewer   web1 web2 db1 stubborn
 deny  user:vpst-mallory *        *   reason="suspended"
 """
 WAIT_MAX = 2
+# no waiting on the helper's own throttles (their tests are elsewhere): waits at most
+# WAIT_MAX seconds, keystrokes as fast as they come
 LIMITS = f"""
 shutdown_wait_default_seconds = 1
 shutdown_wait_max_seconds = {WAIT_MAX}
 connections_burst = 100000
+console_input_bytes_per_second = {1 << 30}
+console_input_burst_bytes = {1 << 30}
 """
 ACTIONS = {"status", "start", "shutdown", "reboot", "poweroff", "reset", "console", "watch"}
 ACTIONS |= {"log", "sysrq", "events"}
@@ -335,12 +339,18 @@ class Arena:
     """A helper, the fuzzing tenant, and two observing tenants with connections held open."""
 
     def __init__(self, root: Path) -> None:
-        self.helper = Helper(root, policy=POLICY, extra_limits=LIMITS).start()
+        self.helper = Helper(root, policy=POLICY, extra_limits=LIMITS)
         self.audit = AuditTail(self.helper.audit_log)
-        self.fuzzer = Tenant(FUZZER, self.helper.socket)
-        self.observer = Tenant(OBSERVER, self.helper.socket)
-        self.follower = Tenant(FOLLOWER, self.helper.socket)
+        self.tenants: list[Tenant] = []
+        self.sockets: list[socket.socket] = []
+
+    def open(self) -> None:
+        self.helper.start()
+        self.fuzzer, self.observer, self.follower = (
+            self.tenant(user) for user in (FUZZER, OBSERVER, FOLLOWER)
+        )
         self.alice = self.observer.connect()
+        self.sockets.append(self.alice)
         self.alice.settimeout(HANG_SECONDS)
         self.alice_frames = protocol.FrameReader()
         self.next_id = 1
@@ -352,6 +362,7 @@ class Arena:
             "the observed domains running",
         )
         self.carol = self.follower.connect()
+        self.sockets.append(self.carol)
         self.carol.settimeout(HANG_SECONDS)
         self.carol.sendall(protocol.encode_message(protocol.request(1, "events", {"follow": True})))
         follow = protocol.decode_message(read_frames(self.carol, protocol.FrameReader())[0][1])
@@ -359,10 +370,15 @@ class Arena:
         self.baseline = self.states()
         self.audit.new_lines()
 
+    def tenant(self, user: str) -> Tenant:
+        self.tenants.append(Tenant(user, self.helper.socket))
+        return self.tenants[-1]
+
     def close(self) -> None:
-        for sock in (self.alice, self.carol):
+        """Whatever ``open`` got to, ended."""
+        for sock in self.sockets:
             sock.close()
-        for tenant in (self.fuzzer, self.observer, self.follower):
+        for tenant in self.tenants:
             tenant.close()
         self.helper.stop()
 
@@ -446,6 +462,8 @@ class Arena:
             request = requests[number]
             allowed = outcomes(request)
             assert outcome in allowed, f"{request!r:.500}\n got {reply}, expected {allowed}"
+            decision = {"usage": "invalid", "denied": "deny"}.get(outcome)
+            assert decision is None or line.get("decision") == decision, (reply, line)
             wanted_id = request.get("id") if valid_id(request.get("id")) else None
             assert reply["id"] == wanted_id and line.get("request_id") == wanted_id, (
                 request,
@@ -492,6 +510,7 @@ def arena(tenants: None) -> Iterator[Arena]:
     os.chmod(root, 0o755)
     running = Arena(root / "helper")
     try:
+        running.open()
         yield running
     finally:
         running.close()
@@ -690,6 +709,32 @@ def message_streams(draw: st.DrawFn, envelope_valid: bool) -> bytes:
     return b"".join(message_frame(message, draw(st.booleans())) for message in batch)
 
 
+SESSION_OPENERS = (
+    {"op": "console", "args": {"domain": "web4", "takeover": True, "replay": 0}},
+    {"op": "watch", "args": {"domain": "web4"}},
+    {"op": "watch", "args": {"domain": "web3", "replay": 100}},
+    {"op": "events", "args": {"follow": True, "lines": 0}},
+    {"op": "events", "args": {"domain": "web4", "follow": True}},
+)
+# what a console client sends, and what it should not
+session_frames = (
+    st.binary(max_size=300).map(lambda keys: frame(keys, protocol.FRAME_CONSOLE_DATA))
+    | st.sampled_from(({"op": "detach"}, {"op": "resize", "rows": 24, "cols": 80})).map(
+        message_frame
+    )
+    | messages(envelope_valid=False).map(message_frame)
+    | random_frames()
+)
+
+
+@st.composite
+def session_streams(draw: st.DrawFn) -> bytes:
+    """A console, watch or events-follow request that opens a session, then random frames."""
+    opener = {"v": 1, "id": 1, **draw(st.sampled_from(SESSION_OPENERS))}
+    frames = draw(st.lists(session_frames, max_size=4))
+    return message_frame(opener) + b"".join(frames)
+
+
 # -- the fuzz tests --------------------------------------------------------------------------
 
 
@@ -714,6 +759,12 @@ def test_random_message_objects(arena: Arena, data: bytes) -> None:
 @FUZZ
 @given(data=message_streams(envelope_valid=True))
 def test_random_arguments_of_each_operation(arena: Arena, data: bytes) -> None:
+    arena.attack(data)
+
+
+@FUZZ
+@given(data=session_streams())
+def test_random_frames_inside_console_and_events_sessions(arena: Arena, data: bytes) -> None:
     arena.attack(data)
 
 
