@@ -13,15 +13,18 @@ interpreter per size (so the memory figures are that one policy's), measures:
   1000 candidate domains (what a ``list`` costs on a host with 1000 domains) for both; medians
   over many random calls;
 - **grant**: ``vpsshell-admin policy grant`` of one new tenant domain, as a real process
-  (validate the whole directory with the change, show the change in who may do what, install);
-  no helper runs, so it only notes that the helper will read the policy when it starts.
+  (validate the whole directory with the change, show the change in who may do what, install),
+  its time and peak RSS; no helper runs, so it only notes that the helper will read the
+  policy when it starts. At exactly MAX_RULES the grant is refused (shown as ``r``): the
+  time is that of finding out.
 
 The policy: tenants own 1-3 domains each (2 on average) and get ``@operator`` on them; every
 fourth tenant also has a console grant that expires; one tenant in a hundred is suspended
 (``deny user:... * *``); the domains are grouped into racks of 200 (``domains @rackN``) and
 ``group:support`` has ``@viewer`` on every rack, ``group:noc`` ``start,reboot``, with a deny of
-``console`` on the first rack. Rules go into files of 20,000 rules (``20-tenants-NNN.policy``),
-as a provisioning system would write them.
+``console`` on the first rack. Rules go into files of 20,000 rules (``20-tenants-NNN.policy``)
+and racks into files of 2000 (``10-racks-NNN.policy``), as a provisioning system would write
+them.
 
     python bench/policy_scale.py [--sizes 1000,10000,100000,500000] [--calls 3000] [--no-grant]
 """
@@ -42,6 +45,7 @@ from pathlib import Path
 
 RACK_SIZE = 200
 RULES_PER_FILE = 20_000
+RACKS_PER_FILE = 2000
 CANDIDATES = 1000
 
 
@@ -84,7 +88,9 @@ def generate(directory: Path, rules: int) -> dict[str, object]:
         for r in range(racks)
     ]
     directory.mkdir(mode=0o755)
-    (directory / "10-racks.policy").write_text("\n".join(set_lines) + "\n")
+    for index, start in enumerate(range(0, len(set_lines), RACKS_PER_FILE)):
+        chunk = set_lines[start : start + RACKS_PER_FILE]
+        (directory / f"10-racks-{index:03d}.policy").write_text("\n".join(chunk) + "\n")
     (directory / "30-staff.policy").write_text("\n".join(staff_lines) + "\n")
     for index, start in enumerate(range(0, len(tenant_lines), RULES_PER_FILE)):
         chunk = tenant_lines[start : start + RULES_PER_FILE]
@@ -118,15 +124,16 @@ def _median_us(function: object, calls: list[tuple[object, ...]]) -> float:
     return statistics.median(times) * 1e6
 
 
-def measure(directory: str, domains: int, calls: int) -> dict[str, float]:
+def measure(directory: str, calls: int) -> dict[str, float]:
     """The measurements for the policy in ``directory`` (run in a fresh interpreter)."""
     from vpsshell.policy import load_policy_dir
 
     trusted = frozenset({0, os.geteuid()})
     rss_before = _status_kib("VmRSS")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     policy = load_policy_dir(directory, trusted_uids=trusted)
     load_seconds = time.perf_counter() - start
+    load_cpu_seconds = time.process_time() - cpu_start
     rss_after = _status_kib("VmRSS")
     peak = _status_kib("VmHWM")
     if policy.errors:
@@ -152,6 +159,7 @@ def measure(directory: str, domains: int, calls: int) -> dict[str, float]:
     list_calls = max(20, calls // 100)
     return {
         "load_s": load_seconds,
+        "load_cpu_s": load_cpu_seconds,
         "rss_mib": (rss_after - rss_before) / 1024,
         "peak_mib": (peak - rss_before) / 1024,
         "decide_tenant_us": _median_us(policy.decide, [tenant_call() for _ in range(calls)]),
@@ -167,8 +175,8 @@ def measure(directory: str, domains: int, calls: int) -> dict[str, float]:
     }
 
 
-def time_grant(directory: Path, workdir: Path) -> tuple[float, int]:
-    """Seconds and exit status of one ``vpsshell-admin policy grant`` on ``directory``."""
+def time_grant(directory: Path, workdir: Path) -> tuple[float, int, float]:
+    """Seconds, exit status and peak RSS (MiB) of one ``vpsshell-admin policy grant``."""
     config = workdir / "vpsshelld.toml"
     config.write_text(
         f'policy_dir = "{directory}"\n'
@@ -179,11 +187,16 @@ def time_grant(directory: Path, workdir: Path) -> tuple[float, int]:
     argv = [str(admin), "--config", str(config), "policy", "grant"]
     argv += ["user:newtenant", "@operator", "newtenant-web"]
     start = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    output = process.stdout.read()
+    _, wait_status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        print(f"  grant failed ({done.returncode}): {done.stdout[-500:]}{done.stderr[-500:]}")
-    return seconds, done.returncode
+    process.returncode = os.waitstatus_to_exitcode(wait_status)
+    refused = process.returncode == 1 and b"too many rules" in output
+    if process.returncode != 0 and not refused:
+        print(f"  grant failed ({process.returncode}): {output[-1000:].decode(errors='replace')}")
+    return seconds, process.returncode, usage.ru_maxrss / 1024
 
 
 def main() -> int:
@@ -191,60 +204,70 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000,500000")
     parser.add_argument("--calls", type=int, default=3000, help="decisions timed per kind")
     parser.add_argument("--no-grant", action="store_true", help="skip timing vpsshell-admin")
-    parser.add_argument(
-        "--child", nargs=3, metavar=("DIR", "DOMAINS", "CALLS"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--child", nargs=2, metavar=("DIR", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        directory, domains, calls = args.child
-        print(json.dumps(measure(directory, int(domains), int(calls))))
+        directory, calls = args.child
+        print(json.dumps(measure(directory, int(calls))))
         return 0
 
     from vpsshell.policy.model import MAX_RULES
 
     print(f"MAX_RULES = {MAX_RULES:,}; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
-    header = (
-        f"{'rules':>8} {'tenants':>8} {'domains':>8} {'MiB':>6} {'load':>8} {'RSS':>8} "
-        f"{'peak':>8} {'decide':>8} {'d.staff':>8} {'list':>8} {'l.staff':>8} {'grant':>8}"
-    )
-    print(header)
-    print(
-        f"{'':>8} {'':>8} {'':>8} {'files':>6} {'s':>8} {'MiB':>8} {'MiB':>8} "
-        f"{'µs':>8} {'µs':>8} {'µs':>8} {'µs':>8} {'s':>8}"
-    )
+    columns = [
+        ("rules", ""),
+        ("tenants", ""),
+        ("domains", ""),
+        ("files", ""),
+        ("text", "MiB"),
+        ("load", "s"),
+        ("load", "CPU s"),
+        ("RSS", "MiB"),
+        ("peak", "MiB"),
+        ("decide", "µs"),
+        ("d.staff", "µs"),
+        ("list", "µs"),
+        ("l.staff", "µs"),
+        ("grant", "s"),
+        ("grant", "MiB"),
+    ]
+    print(" ".join(f"{name:>8}" for name, _ in columns))
+    print(" ".join(f"{unit:>8}" for _, unit in columns))
     for size in (int(s) for s in args.sizes.split(",")):
         workdir = Path(tempfile.mkdtemp(prefix="vpsshell-policy-scale-"))
         try:
             workdir.chmod(0o755)
             directory = workdir / "policy.d"
             shape = generate(directory, size)
-            child = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    str(directory),
-                    str(shape["domains"]),
-                    str(args.calls),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
+            argv = [sys.executable, __file__, "--child", str(directory), str(args.calls)]
+            child = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if child.returncode != 0:
+                raise SystemExit(f"measuring {size} rules failed: {child.stderr[-2000:]}")
             numbers = json.loads(child.stdout)
-            grant = "-"
+            grant = grant_rss = "-"
             if not args.no_grant:
-                seconds, status = time_grant(directory, workdir)
-                grant = f"{seconds:.2f}" if status == 0 else f"rc {status}"
-            print(
-                f"{shape['rules']:>8,} {shape['tenants']:>8,} {shape['domains']:>8,} "
-                f"{int(shape['bytes']) / 2**20:>6.1f} {numbers['load_s']:>8.3f} "
-                f"{numbers['rss_mib']:>8.1f} {numbers['peak_mib']:>8.1f} "
-                f"{numbers['decide_tenant_us']:>8.1f} {numbers['decide_staff_us']:>8.1f} "
-                f"{numbers['list_tenant_us']:>8.0f} {numbers['list_staff_us']:>8.0f} "
-                f"{grant:>8}",
-                flush=True,
-            )
+                seconds, status, peak = time_grant(directory, workdir)
+                # at exactly MAX_RULES one more rule is refused ("r"): that is the point
+                grant = {0: f"{seconds:.2f}", 1: f"{seconds:.2f}r"}.get(status, f"rc {status}")
+                grant_rss = f"{peak:.0f}"
+            cells = [
+                f"{shape['rules']:,}",
+                f"{shape['tenants']:,}",
+                f"{shape['domains']:,}",
+                f"{shape['files']}",
+                f"{int(shape['bytes']) / 2**20:.1f}",
+                f"{numbers['load_s']:.2f}",
+                f"{numbers['load_cpu_s']:.2f}",
+                f"{numbers['rss_mib']:.0f}",
+                f"{numbers['peak_mib']:.0f}",
+                f"{numbers['decide_tenant_us']:.1f}",
+                f"{numbers['decide_staff_us']:.1f}",
+                f"{numbers['list_tenant_us']:.0f}",
+                f"{numbers['list_staff_us']:.0f}",
+                grant,
+                grant_rss,
+            ]
+            print(" ".join(f"{cell:>8}" for cell in cells), flush=True)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
