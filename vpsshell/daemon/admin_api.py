@@ -45,7 +45,7 @@ class AdminApi:
         assert isinstance(args, dict)
         result: Any
         if op == "reload":
-            policy = self.policy.reload()
+            policy = await self.policy.reload_async()
             result = {"rules": len(policy.rules), "errors": [str(e) for e in policy.errors]}
         elif op == "crash" and hasattr(self.backend, "inject_crash"):
             domain = args.get("domain")

@@ -92,7 +92,7 @@ async def _serve(config: DaemonConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, helper.policy.reload)
+    loop.add_signal_handler(signal.SIGHUP, helper.policy.reload_soon)
     watcher = asyncio.create_task(helper.policy.watch(config.policy_poll_seconds))
     systemd.notify("READY=1")
     try:
