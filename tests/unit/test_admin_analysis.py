@@ -44,7 +44,7 @@ def test_principals_are_named_users_group_members_and_groups() -> None:
     assert found == ["alice", "carol", "mallory", "group:acme"]
 
 
-def test_effective_access_follows_deny_wins_and_implied_status() -> None:
+def test_effective_access_follows_deny_wins_and_implied_status_and_watch() -> None:
     pol = policy(BASE, "allow user:bob console web2\n")
     carol = access.user_principal("carol", PEOPLE)
     mallory = access.user_principal("mallory", PEOPLE)
@@ -55,7 +55,12 @@ def test_effective_access_follows_deny_wins_and_implied_status() -> None:
         for domain in ("acme-web", "acme-db")
     }
     assert access.effective_access(pol, mallory, NOW) == set()  # group grant, personal deny
-    assert {a.action for a in access.effective_access(pol, bob, NOW)} == {"console", "status"}
+    # console implies watch, as the helper decides it
+    assert {a.action for a in access.effective_access(pol, bob, NOW)} == {
+        "console",
+        "status",
+        "watch",
+    }
 
 
 def test_diff_of_a_grant_shows_user_action_domain_lines() -> None:

@@ -1,14 +1,16 @@
 """Who may do what under a policy: effective (who, action, domain) triples, and edits' diffs.
 
 Rules name subjects (``user:alice``, ``group:acme``) and sets; admins think in "who may now do
-what". This module answers that with ``Policy.decide`` itself, so deny-wins, expiry and the
-implied ``status`` are exactly the helper's. "Who" is every user a rule names (with their real
-groups from NSS), every known member of every group a rule names, and, per such group, a
-``group:NAME`` line for "any member" (so a grant to a group with no members yet still shows).
-Only domains named by allow rules can ever be allowed (``*`` is deny-only), so the search is
-finite. A diff looks only where the change can matter: at the principals a changed rule
-applies to and the domains it names (a change to one tenant's grant costs the same on a policy
-of a million rules as on one of ten). This module never changes files.
+what". This module answers that with ``Policy.decide`` itself, the function the helper decides
+with, so deny-wins, expiry, the implied ``status`` and "console implies watch" are exactly the
+helper's; it must never add a rule of its own about who may do what. "Who" is every user a rule
+names (with their real groups from NSS), every known member of every group a rule names, and,
+per such group, a ``group:NAME`` line for "any member" (so a grant to a group with no members
+yet still shows). Only domains named by allow rules can ever be allowed
+(``Policy.granted_domains``), so the search is finite. A diff looks only where the change can
+matter: at the principals a changed rule applies to and the domains it names (a change to one
+tenant's grant costs the same on a policy of a million rules as on one of ten). This module
+never changes files.
 """
 
 from __future__ import annotations
@@ -88,13 +90,9 @@ def principals(policies: Iterable[Policy], identities: Identities) -> list[Princ
 
 
 def candidate_domains(policy: Policy, principal: Principal, day: _dt.date) -> set[str]:
-    """Every domain an active allow rule for ``principal`` names (the only ones it may get)."""
-    domains: set[str] = set()
+    """Every domain on which ``principal`` may be allowed anything on ``day``."""
     at = _dt.datetime.combine(day, _dt.time())
-    for rule in policy.rules_for(principal.user, principal.groups, at):
-        if rule.effect == "allow" and rule.domains is not None:
-            domains |= rule.domains
-    return domains
+    return policy.granted_domains(principal.user, principal.groups, at)
 
 
 def decisions_for(

@@ -120,6 +120,8 @@ def describe_failure(outcome: Outcome) -> str:
     expected = "allow" if assertion.expect_allow else "deny"
     if decision.deciding is not None:
         why = f"{decision.deciding.location}: {decision.deciding.to_text()}"
+        if decision.implied_by:
+            why += f"; {decision.implied_by} implies {decision.action}"
     else:
         why = decision.reason or "no rule matches"
     if outcome.unknown_user:

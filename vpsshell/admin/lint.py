@@ -38,7 +38,8 @@ def _shadowing_denies(allow: Rule, denies: list[Rule]) -> list[Rule] | None:
     """The denies that together beat ``allow`` everywhere it matches, or None if they don't.
 
     An allow also matches ``status`` on its domains (the implied grant), so that must be
-    denied too for the allow to be dead.
+    denied too for the allow to be dead. The ``watch`` that a ``console`` grant implies needs
+    no deny of its own: it holds only where the console is allowed.
     """
     if allow.domains is None:
         return None

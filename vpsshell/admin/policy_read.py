@@ -96,6 +96,11 @@ def cmd_explain(
     ctx.out(f"groups: {', '.join(sorted(principal.groups)) or '-'}")
     if decision.reason and not decision.allowed:
         ctx.out(f"reason: {decision.reason}")
+    if decision.implied_by:
+        ctx.out(
+            f"note: {decision.implied_by} implies {action}: no rule names {action} here, "
+            f"so the {decision.implied_by} rules below decide"
+        )
     if decision.confirm:
         ctx.out(f"confirm: {decision.confirm}")
     for rule in decision.matches:

@@ -403,18 +403,10 @@ class TenantApi:
         raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
 
     def decide(self, caller: Caller, action: str, domain: str) -> Decision:
-        """The policy's decision; who may use a console may also watch it, unless denied."""
-        policy = self.policy.policy
-        decision = policy.decide(caller.user, caller.groups, action, domain)
-        if (
-            action == "watch"
-            and not decision.allowed
-            and not any(rule.effect == "deny" for rule in decision.matches)
-        ):
-            console = policy.decide(caller.user, caller.groups, "console", domain)
-            if console.allowed:
-                return console
-        return decision
+        """The policy's decision, and nothing added to it: every rule about who may do what
+        (console implies watch among them) is in ``Policy.decide``, which is also what
+        ``vpsshell-admin policy explain/who/list/test`` answer with."""
+        return self.policy.policy.decide(caller.user, caller.groups, action, domain)
 
     def still_attached_allowed(self, attachment: Attachment, domain: str) -> bool:
         """May this console attachment stay (after a policy reload, and at every periodic

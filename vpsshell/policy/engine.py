@@ -1,8 +1,11 @@
 """The Policy object: decides, explains and lists visible domains from parsed rules.
 
-Semantics (design.md, "Policy"): default deny; any matching non-expired deny beats every allow,
-whatever the rule or file order; any allow on a domain implies ``status`` on it; a policy with
-any error denies everything. The caller supplies the user and groups it has verified (the
+Semantics (design.md, "Policy"; vpsshell-policy(5)): default deny; any matching non-expired deny
+beats every allow, whatever the rule or file order; any allow on a domain implies ``status`` on
+it; who may use a domain's ``console`` may also ``watch`` it unless a rule denies ``watch``; a
+policy with any error denies everything. Every such rule lives here and nowhere else: the
+helper and ``vpsshell-admin`` both decide with :meth:`Policy.decide`, so what the admin tool
+explains is what the helper does. The caller supplies the user and groups it has verified (the
 daemon, from SO_PEERCRED and NSS): this module must never look identities up itself, never
 trust a name it did not get from its caller, and never raise on an unknown action or domain.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from .model import ALL_ACTIONS, CONFIRM_STRENGTH, Decision, PolicyError, Rule
 from .parser import ParsedPolicy, gc_paused, parse_sources
@@ -276,6 +280,18 @@ class Policy:
         rules = self.rules
         return [rules[p] for p in self._index.of_subjects(subjects) if rules[p].active_on(day)]
 
+    def granted_domains(
+        self, user: str, groups: Iterable[str], now: _dt.datetime | None = None
+    ) -> set[str]:
+        """Every domain an active allow rule of ``user`` or ``groups`` names: the only domains
+        on which :meth:`decide` can allow them anything (``*`` is for denies only, and what a
+        grant implies, ``status`` and ``watch``, it implies on its own domains)."""
+        domains: set[str] = set()
+        for rule in self.rules_for(user, groups, now):
+            if rule.effect == "allow" and rule.domains is not None:
+                domains |= rule.domains
+        return domains
+
     def _covering(self, subjects: list[tuple[str, str]], domain: str, day: _dt.date) -> list[Rule]:
         """Non-expired rules of ``subjects`` that cover ``domain``, in file order."""
         rules = self.rules
@@ -283,6 +299,22 @@ class Policy:
 
     @staticmethod
     def _evaluate(candidates: list[Rule], user: str, action: str, domain: str) -> Decision:
+        """The decision from ``candidates`` (the active rules of the caller's subjects that may
+        cover ``domain``): the one place where what a rule grants is worked out."""
+        decision = Policy._evaluate_named(candidates, user, action, domain)
+        if action == "watch" and not decision.matches:
+            # Who may use a console may also watch it (read-only is less than read-write),
+            # unless a rule names watch: a deny of watch still wins, and a grant of watch
+            # decides alone, with its own confirm=. Otherwise the console's decision, with its
+            # rules and its confirm=, is the watch's.
+            console = Policy._evaluate_named(candidates, user, "console", domain)
+            if console.allowed:
+                return replace(console, action="watch", implied_by="console")
+        return decision
+
+    @staticmethod
+    def _evaluate_named(candidates: list[Rule], user: str, action: str, domain: str) -> Decision:
+        """The decision from the rules that name ``action`` (and, for ``status``, every allow)."""
         matches: list[Rule] = []
         confirm: str | None = None
         for rule in candidates:

@@ -177,7 +177,10 @@ class Decision:
 
     ``matches`` lists every non-expired rule that matched, in file/line order. ``deciding`` is
     the first matching deny when a rule denied, else the first matching allow; it is None on
-    default deny, an unknown action, or a broken policy.
+    default deny, an unknown action, or a broken policy. ``implied_by`` names the action whose
+    grant allowed this one when no rule names the action itself (``"console"`` for a
+    ``watch``: console implies watch); ``matches``, ``deciding`` and ``confirm`` are then that
+    action's.
     """
 
     allowed: bool
@@ -189,6 +192,7 @@ class Decision:
     reason: str | None = None
     confirm: str | None = None
     broken: bool = False
+    implied_by: str | None = None
 
     @property
     def locations(self) -> list[str]:
@@ -207,4 +211,5 @@ class Decision:
             "reason": self.reason,
             "confirm": self.confirm,
             "broken": self.broken,
+            "implied_by": self.implied_by,
         }
