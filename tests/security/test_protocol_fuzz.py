@@ -4,29 +4,33 @@ A tenant can write their own client, so anything may arrive on the helper's sock
 makes it up here: frames with random types and lengths, frames cut short, random bytes, valid
 frames with bytes flipped, inserted, cut or repeated, and message objects whose ``v``, ``id``,
 ``op``, ``args`` and each argument of each operation take random JSON values of random types and
-sizes. vpst-bob sends them, on connections his own process opened (so ``SO_PEERCRED`` says bob).
-Bob owns web4, may look at web3 (``@viewer``) and has nothing on web1, web2, db1 and stubborn.
-After every example:
+sizes. vpst-mallory sends them, on connections her own process opened (``SO_PEERCRED`` says
+mallory). She owns web4, may look at web3 (``@viewer``) and has nothing on web1, web2, db1 and
+stubborn. (Mallory and carol, because no other test changes their accounts: an account refused
+by PAM midway would fail the run for nothing.)
+Some examples open a console or events session first and fuzz what follows. After every
+example:
 
-- the helper still answers another tenant promptly (alice's ``list``, on a connection held
-  open for the whole run), and neither alice nor carol (following the events of the domains
-  bob has nothing on) received anything they did not ask for;
-- every frame bob sent got what docs/protocol.md says: a request gets exactly one final reply,
+- the helper still answers another tenant promptly (carol's ``list``, on a connection held
+  open for the whole run), and carol received nothing she did not ask for, neither there nor
+  on a second connection following the events of the domains mallory has nothing on;
+- every frame mallory sent got what docs/protocol.md says: a request gets exactly one final reply,
   with its id (``null`` when the id is not valid), ``usage`` when the request is malformed,
   ``denied`` when the policy does not allow it; a frame the helper must refuse gets a
   ``usage`` reply with ``"id": null`` and the connection ends; and each final reply has exactly
   one audit line, with the same outcome;
-- nothing the policy denies bob was done: no audit line of his says ``allow`` for what his
-  grants do not cover, and the domains he has no grant on are as they were (their state as
-  alice sees it, no event as carol sees them).
+- nothing the policy denies mallory was done: no audit line of hers says ``allow`` for what
+  her grants do not cover, and the domains she has no grant on are as they were (their state
+  as carol sees it, and no event of theirs).
 
-Runs: without settings, a short reproducible run for CI (derandomized, no example database,
-``CI_EXAMPLES`` examples per test: well under a minute). A long, randomized run, e.g.::
+Runs: by default a short, reproducible run for CI (derandomized, no example database,
+``CI_EXAMPLES`` examples per test: seconds, each example takes a few milliseconds). A long,
+randomized run (examples per test; 20000 take about 10 minutes)::
 
     sudo VPSSHELL_FUZZ_EXAMPLES=20000 ./run-tests -k protocol_fuzz
 
-(examples per test). A failure prints the shrunk example and a ``@reproduce_failure`` blob;
-``--hypothesis-seed=N`` repeats a whole run.
+A failure prints the shrunk example and a ``@reproduce_failure`` blob; ``--hypothesis-seed=N``
+repeats a whole run; ``--hypothesis-show-statistics`` shows what the examples ran into.
 """
 
 from __future__ import annotations
@@ -72,15 +76,15 @@ FUZZ = settings(
 # exchange or an answer slower than this is a hang, not a slow machine.
 HANG_SECONDS = 30.0
 
-FUZZER, OBSERVER, FOLLOWER = "vpst-bob", "vpst-alice", "vpst-carol"
+FUZZER, OBSERVER = "vpst-mallory", "vpst-carol"
 POLICY = """\
 # the fuzzing tenant: owns web4, may look at web3, has nothing on the others
-allow user:vpst-bob    @all      web4
-allow user:vpst-bob    @viewer   web3
-# the observers: alice sees the state of every domain bob must not touch, carol their events
-allow user:vpst-alice  @operator web1 web2 web3 db1 stubborn
-allow user:vpst-carol  @viewer   web1 web2 db1 stubborn
-deny  user:vpst-mallory *        *   reason="suspended"
+allow user:vpst-mallory @all      web4
+allow user:vpst-mallory @viewer   web3
+# the observer: sees every domain mallory must not touch, and their events (not web3's: mallory
+# may watch web3, and carol would be told)
+allow user:vpst-carol   @operator web1 web2 db1 stubborn
+allow user:vpst-carol   start     web3
 """
 WAIT_MAX = 2
 # no waiting on the helper's own throttles (their tests are elsewhere): waits at most
@@ -94,8 +98,8 @@ console_input_burst_bytes = {1 << 30}
 """
 ACTIONS = {"status", "start", "shutdown", "reboot", "poweroff", "reset", "console", "watch"}
 ACTIONS |= {"log", "sysrq", "events"}
-BOB_MAY = {"web4": ACTIONS, "web3": {"status", "log", "watch", "events"}}
-UNTOUCHABLE = ("web1", "web2", "web3", "db1", "stubborn")  # their state, as alice sees it
+FUZZER_MAY = {"web4": ACTIONS, "web3": {"status", "log", "watch", "events"}}
+UNTOUCHABLE = ("web1", "web2", "web3", "db1", "stubborn")  # their state, as carol sees it
 RUNNING_AT_START = ("web1", "web3", "db1", "stubborn")
 
 # -- the contract, from docs/protocol.md (the oracle: written apart from the helper's code) ----
@@ -153,7 +157,7 @@ def arguments_valid(op: str, args: dict[str, Any]) -> bool:
 
 
 def outcomes(message: dict[str, Any]) -> set[str]:
-    """What a request from bob may get: ``ok`` or error kinds."""
+    """What a request from the fuzzing tenant may get: ``ok`` or error kinds."""
     version = message.get("v")
     if version is True or (type(version) is float and version == 1):
         # the helper takes these for 1 (see test_a_boolean_or_a_float_is_not_version_1)
@@ -176,7 +180,7 @@ def outcomes(message: dict[str, Any]) -> set[str]:
         return {"usage"}
     if not needs_domain:
         return {"ok"}
-    if op not in BOB_MAY.get(domain, set()):
+    if op not in FUZZER_MAY.get(domain, set()):
         return {"denied"}
     return {"ok", "failed", "temporary"}  # the domain's state, or busy with another action
 
@@ -348,26 +352,27 @@ class Arena:
 
     def open(self) -> None:
         self.helper.start()
-        self.fuzzer, self.observer, self.follower = (
-            self.tenant(user) for user in (FUZZER, OBSERVER, FOLLOWER)
-        )
-        self.alice = self.observer.connect()
-        self.sockets.append(self.alice)
-        self.alice.settimeout(HANG_SECONDS)
-        self.alice_frames = protocol.FrameReader()
+        self.fuzzer, self.observer = self.tenant(FUZZER), self.tenant(OBSERVER)
+        self.carol = self.observer.connect()
+        self.sockets.append(self.carol)
+        self.carol.settimeout(HANG_SECONDS)
+        self.carol_frames = protocol.FrameReader()
         self.next_id = 1
         for domain in RUNNING_AT_START:
-            assert self.ask_alice("start", domain=domain)["ok"], domain
+            assert self.ask_carol("start", domain=domain)["ok"], domain
         wait_until(
             lambda: all(self.states()[d][0] == "running" for d in RUNNING_AT_START),
             20,
             "the observed domains running",
         )
-        self.carol = self.follower.connect()
-        self.sockets.append(self.carol)
-        self.carol.settimeout(HANG_SECONDS)
-        self.carol.sendall(protocol.encode_message(protocol.request(1, "events", {"follow": True})))
-        follow = protocol.decode_message(read_frames(self.carol, protocol.FrameReader())[0][1])
+        self.carol_events = self.observer.connect()
+        self.sockets.append(self.carol_events)
+        self.carol_events.settimeout(HANG_SECONDS)
+        follow_request = protocol.request(1, "events", {"follow": True, "lines": 0})
+        self.carol_events.sendall(protocol.encode_message(follow_request))
+        follow = protocol.decode_message(
+            read_frames(self.carol_events, protocol.FrameReader())[0][1]
+        )
         assert follow["ok"] and follow["result"]["follow"], follow
         self.baseline = self.states()
         self.audit.new_lines()
@@ -384,18 +389,18 @@ class Arena:
             tenant.close()
         self.helper.stop()
 
-    def ask_alice(self, op: str, **args: Any) -> dict[str, Any]:
+    def ask_carol(self, op: str, **args: Any) -> dict[str, Any]:
         self.next_id += 1
-        self.alice.sendall(protocol.encode_message(protocol.request(self.next_id, op, args)))
+        self.carol.sendall(protocol.encode_message(protocol.request(self.next_id, op, args)))
         while True:
-            for _, payload in read_frames(self.alice, self.alice_frames):
+            for _, payload in read_frames(self.carol, self.carol_frames):
                 reply = protocol.decode_message(payload)
-                assert reply.get("id") == self.next_id, f"alice got {reply}"
+                assert reply.get("id") == self.next_id, f"carol got {reply}"
                 if "ok" in reply:
                     return reply
 
     def states(self) -> dict[str, tuple[str, int | None]]:
-        reply = self.ask_alice("list")
+        reply = self.ask_carol("list")
         assert reply["ok"], reply
         return {d["name"]: (d["state"], d["uptime_seconds"]) for d in reply["result"]}
 
@@ -403,12 +408,12 @@ class Arena:
 
     def attack(self, data: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Bob sends ``data`` on a new connection; then every property is checked. Returns
-        the final replies bob got and his audit lines."""
-        bob = self.fuzzer.connect()
+        the final replies the fuzzing tenant got and her audit lines."""
+        connection = self.fuzzer.connect()
         try:
-            received = converse(bob, data)
+            received = converse(connection, data)
         finally:
-            bob.close()
+            connection.close()
         replies = self.check_replies(data, received, self.audit.new_lines())
         self.check_others()
         return replies
@@ -420,12 +425,12 @@ class Arena:
         reader = protocol.FrameReader()
         frames = reader.feed(received)
         assert not reader.buffer, f"the helper ended in the middle of a frame: {received[-200:]!r}"
-        bob_lines = [
+        fuzzer_lines = [
             line
             for line in audit
             if line.get("uid") == self.fuzzer.uid and line.get("action") != "console-detach"
         ]
-        for line in bob_lines:
+        for line in fuzzer_lines:
             check_audit_line(line)
         finals: list[dict[str, Any]] = []
         session = False
@@ -451,8 +456,8 @@ class Arena:
         assert len(finals) == expected, (
             f"{len(finals)} replies for {len(requests)} requests, ending {ending}: {finals[:5]}"
         )
-        assert len(bob_lines) == len(finals), f"{len(finals)} replies, audit: {bob_lines}"
-        for number, (reply, line) in enumerate(zip(finals, bob_lines, strict=True)):
+        assert len(fuzzer_lines) == len(finals), f"{len(finals)} replies, audit: {fuzzer_lines}"
+        for number, (reply, line) in enumerate(zip(finals, fuzzer_lines, strict=True)):
             outcome = "ok" if reply["ok"] else reply["error"]["kind"]
             tally(f"reply: {outcome}")
             assert line.get("result") == outcome, (reply, line)
@@ -471,14 +476,14 @@ class Arena:
                 request,
                 reply,
             )
-        return finals, bob_lines
+        return finals, fuzzer_lines
 
     def check_others(self) -> None:
-        """Alice and carol got nothing unasked; alice is answered; untouchable domains are as
-        they were."""
-        unasked = pending(self.alice)
-        assert not unasked, f"alice received {unasked[:300]!r}"
+        """Carol got nothing unasked on either connection and is answered; untouchable domains
+        are as they were."""
         unasked = pending(self.carol)
+        assert not unasked, f"carol received {unasked[:300]!r}"
+        unasked = pending(self.carol_events)
         assert not unasked, f"carol (following events) received {unasked[:300]!r}"
         states = self.states()  # also: the helper answers another tenant
         for domain in UNTOUCHABLE:
@@ -496,12 +501,12 @@ def tally(what: str) -> None:
 
 
 def check_audit_line(line: dict[str, Any]) -> None:
-    """No audit line of bob's records an action his grants do not cover, or a failure of the
-    helper itself."""
+    """No audit line of the fuzzing tenant's records an action her grants do not cover, or a
+    failure of the helper itself."""
     assert line.get("result") != "internal-error", line
     action, domain, decision = line.get("action"), line.get("domain"), line.get("decision")
     if decision == "allow" and action in ACTIONS and domain is not None:
-        assert action in BOB_MAY.get(domain, set()), f"allowed what the policy denies: {line}"
+        assert action in FUZZER_MAY.get(domain, set()), f"allowed what the policy denies: {line}"
     if line.get("result") == "ok":
         assert decision in ("allow", "refused"), line
 
@@ -519,7 +524,7 @@ def arena(tenants: None) -> Iterator[Arena]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- what bob sends --------------------------------------------------------------------------
+# -- what mallory sends --------------------------------------------------------------------------
 
 DOMAINS = ("web1", "web2", "web3", "web4", "db1", "stubborn", "web4.", "nosuch", "WEB4", "a")
 BOUNDARY_INTEGERS = (0, 1, -1, 2, 100, 10000, 10001, 2**31, 2**32, 2**53 - 1, -(2**53 - 1))
