@@ -195,6 +195,57 @@ def test_policy_test_file_passes_and_fails_with_locations(site: Site) -> None:
     ]
 
 
+def test_a_watch_through_console_is_explained_listed_and_tested_as_the_helper_decides(
+    site: Site,
+) -> None:
+    site.write("20-consoles.policy", "allow user:bob console web2 confirm=password\n")
+    explain = admin(site, "policy", "explain", "bob", "watch", "web2")
+    assert explain.code == 0
+    assert explain.out.splitlines() == [
+        "ALLOW: bob watch web2",
+        "groups: bob",
+        "note: console implies watch: no rule names watch here, so the console rules below decide",
+        "confirm: password",
+        "* 20-consoles.policy:1: allow user:bob console web2 confirm=password",
+    ]
+    assert admin(site, "policy", "who", "web2").out.splitlines()[2] == (
+        "  bob    status console(confirm=password) watch(confirm=password)  [20-consoles.policy:1]"
+    )
+    listed = json.loads(admin(site, "policy", "list", "bob", "--json").out)["access"]
+    assert listed[0]["actions"] == ["status", "console", "watch"]
+    assert listed[0]["confirm"] == {"console": "password", "watch": "password"}
+    expectations = site.root / "watch.txt"
+    expectations.write_text("deny bob watch web2\ndeny bob watch web1\n")
+    tested = admin(site, "policy", "test", str(expectations))
+    assert tested.out.splitlines() == [
+        f"{expectations}:1: expected deny, got allow: bob watch web2 "
+        "(20-consoles.policy:1: allow user:bob console web2 confirm=password; "
+        "console implies watch)",
+        "2 assertion(s), 1 failed",
+    ]
+    # a rule that denies watch still wins over the console grant
+    site.write("30-nowatch.policy", "deny user:bob watch web2\n")
+    denied = admin(site, "policy", "explain", "bob", "watch", "web2")
+    assert denied.code == 1
+    assert denied.out.splitlines()[0] == "DENY: bob watch web2"
+    assert "* 30-nowatch.policy:1: deny user:bob watch web2" in denied.out
+    assert "console implies" not in denied.out
+
+
+def test_a_console_grant_shows_the_watch_it_implies_and_a_watch_deny_removes_it(
+    site: Site,
+) -> None:
+    granted = admin(site, "policy", "grant", "user:bob", "console", "web2")
+    assert granted.code == 0
+    assert "+ bob status,console,watch web2" in granted.out
+    site.write("30-nowatch.policy", "deny user:bob watch web2\n")
+    revoked = admin(site, "policy", "revoke", "user:bob", "console", "web2")
+    assert revoked.code == 0
+    assert "- bob status,console web2" in revoked.out
+    regranted = admin(site, "policy", "grant", "user:bob", "console", "web2")
+    assert "+ bob status,console web2" in regranted.out
+
+
 def test_read_only_commands_take_another_policy_dir(site: Site, tmp_path: Path) -> None:
     other = tmp_path / "checkout"
     other.mkdir(mode=0o755)

@@ -1,4 +1,5 @@
-"""Policy decisions: default deny, deny wins, groups, expiry, implied status, broken policies."""
+"""Policy decisions: default deny, deny wins, groups, expiry, implied status and watch, broken
+policies."""
 
 from __future__ import annotations
 
@@ -150,6 +151,71 @@ def test_deny_of_another_action_keeps_implied_status() -> None:
     policy = parse_policy("allow user:x start web1\ndeny user:x start web1\n")
     assert not decide(policy, "x", "start", "web1").allowed
     assert decide(policy, "x", "status", "web1").allowed
+
+
+def test_console_implies_watch_with_the_console_rules_and_confirm() -> None:
+    policy = Policy.from_texts(
+        {
+            "10-a.policy": "allow user:alice console web1\n",
+            "20-b.policy": "allow group:ops console web1 confirm=password\n",
+        }
+    )
+    watch = decide(policy, "alice", "watch", "web1")
+    assert watch.allowed and watch.implied_by == "console"
+    assert (watch.action, watch.reason, watch.confirm) == ("watch", None, None)
+    assert watch.locations == ["10-a.policy:1"]
+    assert watch.deciding is policy.rules[0]
+    assert watch.to_dict()["implied_by"] == "console"
+    # the console's confirm= guards the watch it implies, as it guards the console
+    both = decide(policy, "alice", "watch", "web1", ("ops",))
+    assert both.allowed and both.confirm == "password"
+    assert both.locations == ["10-a.policy:1", "20-b.policy:1"]
+    assert not decide(policy, "alice", "watch", "web2").allowed
+    assert not decide(policy, "bob", "watch", "web1").allowed
+
+
+def test_a_rule_naming_watch_decides_watch_alone() -> None:
+    policy = parse_policy(
+        "allow user:alice console web1 confirm=password\n"
+        "allow user:alice watch web1\n"  # watching needs no password, the console does
+        "allow user:bob console web1,web2\n"
+        "deny user:bob watch web1\n"
+        "deny group:nowatch watch *\n",
+        "p.policy",
+    )
+    alice = decide(policy, "alice", "watch", "web1")
+    assert alice.allowed and alice.implied_by is None and alice.confirm is None
+    assert alice.locations == ["p.policy:2"]
+    bob = decide(policy, "bob", "watch", "web1")
+    assert not bob.allowed and bob.implied_by is None
+    assert bob.deciding is not None and bob.deciding.location == "p.policy:4"
+    assert decide(policy, "bob", "console", "web1").allowed
+    assert decide(policy, "bob", "watch", "web2").implied_by == "console"
+    assert not decide(policy, "bob", "watch", "web2", ("nowatch",)).allowed
+
+
+def test_watch_is_not_implied_by_a_console_that_is_denied_or_expired() -> None:
+    policy = parse_policy(
+        "allow user:alice console web1\n"
+        "deny user:alice console web1\n"
+        "allow user:bob console web1 expires=2026-05-31\n"
+    )
+    alice = decide(policy, "alice", "watch", "web1")
+    assert not alice.allowed and alice.reason == "no rule grants this" and alice.matches == []
+    assert not decide(policy, "bob", "watch", "web1").allowed
+    assert policy.decide("bob", [], "watch", "web1", now=dt.datetime(2026, 5, 31, 23, 59)).allowed
+
+
+def test_only_console_implies_watch() -> None:
+    for grant in ("@operator", "start,reboot,sysrq", "log,events"):
+        policy = parse_policy(f"allow user:x {grant} web1\n")
+        implied = decide(policy, "x", "watch", "web1")
+        assert implied.implied_by is None
+        assert implied.allowed == (grant == "@operator")  # @operator names watch itself
+    for action in ACTIONS:
+        if action != "watch":
+            policy = parse_policy("allow user:x console web1\n")
+            assert decide(policy, "x", action, "web1").allowed == (action in ("console", "status"))
 
 
 def test_confirm_is_the_strongest_among_matching_allows() -> None:
