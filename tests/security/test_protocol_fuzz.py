@@ -325,20 +325,23 @@ def converse(sock: socket.socket, data: bytes) -> bytes:
                         sent = len(data)  # it stopped reading: what it has read decides
 
 
-class AuditTail:
-    """The audit log's lines written since the last call."""
+class Tail:
+    """What a log file got since the last call, in whole lines."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
 
-    def new_lines(self) -> list[dict[str, Any]]:
+    def new_text(self) -> bytes:
         with self.path.open("rb") as log:
             log.seek(self.offset)
             data = log.read()
         complete = data[: data.rfind(b"\n") + 1]
         self.offset += len(complete)
-        return [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return complete
+
+    def new_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.new_text().splitlines() if line.strip()]
 
 
 class Arena:
@@ -346,7 +349,8 @@ class Arena:
 
     def __init__(self, root: Path) -> None:
         self.helper = Helper(root, policy=POLICY, extra_limits=LIMITS)
-        self.audit = AuditTail(self.helper.audit_log)
+        self.audit = Tail(self.helper.audit_log)
+        self.helper_log = Tail(self.helper.log)
         self.tenants: list[Tenant] = []
         self.sockets: list[socket.socket] = []
 
@@ -480,7 +484,9 @@ class Arena:
 
     def check_others(self) -> None:
         """Carol got nothing unasked on either connection and is answered; untouchable domains
-        are as they were."""
+        are as they were; the helper logged no exception."""
+        logged = self.helper_log.new_text()
+        assert b"Traceback" not in logged, logged.decode(errors="replace")[-3000:]
         unasked = pending(self.carol)
         assert not unasked, f"carol received {unasked[:300]!r}"
         unasked = pending(self.carol_events)
