@@ -25,7 +25,8 @@ def section(name: str) -> str:
         ["groff", "-man", "-Tascii", "-P-cbou", str(PAGE)], capture_output=True, text=True
     )
     text = " ".join(done.stdout.split())
-    names = "NAME|SYNOPSIS|DESCRIPTION|COMMANDS|INTERACTIVE USE|KEYS|EXIT STATUS|ENVIRONMENT"
+    names = "NAME|SYNOPSIS|DESCRIPTION|COMMANDS|INTERACTIVE USE|KEYS|EXIT STATUS|SIGNALS"
+    names += "|ENVIRONMENT"
     parts = re.split(rf" ({names}|FILES|EXAMPLES|SEE ALSO) ", f" {text} ")
     sections = dict(zip(parts[1::2], parts[2::2], strict=True))
     return sections[name]

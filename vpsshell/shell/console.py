@@ -1,26 +1,46 @@
-"""The tenant's end of a console session: raw terminal <-> helper, until Ctrl-] or the end.
+"""The tenant's end of a console session: terminal (or pipe) <-> helper, until it ends.
 
-The terminal is put in raw mode and restored on every way out (detach, helper gone, console
-closed by the helper, SIGTERM/SIGHUP). Bytes pass raw in both directions: no terminal
-emulation here either. Keystrokes of a watcher are not sent, except that Ctrl-] detaches.
+On a terminal, the terminal is put in raw mode and restored on every way out. Bytes pass raw in
+both directions: no terminal emulation here either. Keystrokes of a watcher are not sent, except
+that Ctrl-] detaches.
+
+A session ends, and always detaches cleanly (the helper is told, and answers before this
+process exits, so a writer's slot is free for the next attach at once):
+
+- Ctrl-] (exit 0);
+- the end of the input: on a terminal that means the terminal is gone, so at once; on a pipe
+  (``echo 'uname -a' | ssh host console web1``, no ``-t``) what came before it is sent, the
+  console's output is shown until it has been quiet for ``QUIET_SECONDS`` (and for at most
+  ``LINGER_SECONDS`` after the end of the input), then it detaches (exit 0);
+- the tenant is gone: the reader of its output closed it or the terminal hung up (the ssh
+  client went away), seen by ``poll`` or as EPIPE/EIO on a write; at once (exit 0);
+- SIGHUP, SIGTERM or SIGQUIT: detach, restore the terminal, then the signal takes its course;
+  SIGINT (only a ``kill``: in raw mode Ctrl-C is a byte for the guest): detach, exit 130;
+- the helper closes the session: its reason decides the exit code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import struct
+import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from vpsshell import protocol
 from vpsshell.errors import ExitCode
 from vpsshell.shell.environment import Environment
+from vpsshell.shell.signals import GONE, Hangup, ending_signals, take_course
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
+QUIET_SECONDS = 1.0  # after the end of piped input: detach once the console is this quiet...
+LINGER_SECONDS = 10.0  # ...or this long after the end of the input, whichever comes first
+DETACH_WAIT_SECONDS = 2.0  # how long a detach waits for the helper to confirm it
 # why the helper closed a console (or an ``events --follow``) session -> the exit code
 CLOSE_EXIT_CODES = {
     "detached": ExitCode.OK,
@@ -33,14 +53,17 @@ CLOSE_EXIT_CODES = {
 }
 
 
-class Hangup(Exception):
-    """SIGTERM or SIGHUP while a session runs: end it cleanly."""
-
-    pass
+class TenantGone(Exception):
+    """Nobody is left at the tenant's end: its output's reader closed, its terminal hung up."""
 
 
-def raise_hangup(signum: int, frame: FrameType | None) -> None:
-    raise Hangup()
+class HelperClosed(Exception):
+    """The helper ended the session: the exit code and the text to show."""
+
+    def __init__(self, code: ExitCode, note: str) -> None:
+        super().__init__(note)
+        self.code = code
+        self.note = note
 
 
 def _window_size(fd: int) -> tuple[int, int] | None:
@@ -58,127 +81,246 @@ def _message(data: dict[str, Any]) -> bytes:
     return protocol.encode_message(data)
 
 
-def run_console(sock: socket.socket, env: Environment, domain: str, mode: str) -> ExitCode:
-    """Proxy the console until it ends; returns the exit code for how it ended."""
-    stdin_fd = env.stdin.fileno()
-    stdout_fd = env.stdout.fileno()
-    saved_attrs = None
-    if env.stdin_isatty:
-        import termios
-        import tty
+class _Flag:
+    """Set by a signal handler (SIGWINCH), taken by the session loop."""
 
-        saved_attrs = termios.tcgetattr(stdin_fd)
-    what = "Watching" if mode == "watch" else "Connected to"
-    env.stderr.write(f"{what} the console of {domain}. Press Ctrl-] to detach.\r\n")
-    env.stderr.flush()
-    previous = {
-        signum: signal.signal(signum, raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
-    }
-    selector = selectors.DefaultSelector()
-    reader = protocol.FrameReader()
-    code = ExitCode.UNAVAILABLE
-    note = "the vpsshell helper closed the console"
-    resize_pending = False
+    def __init__(self) -> None:
+        self._set = False
 
-    def on_winch(signum: int, frame: FrameType | None) -> None:
-        nonlocal resize_pending
-        resize_pending = True
+    def set(self, signum: int, frame: FrameType | None) -> None:
+        self._set = True
 
-    def send(frame: bytes) -> None:
+    def take(self) -> bool:
+        was, self._set = self._set, False
+        return was
+
+
+class _Link:
+    """The helper connection and the tenant's output, as the session loop uses them."""
+
+    def __init__(self, sock: socket.socket, stdout_fd: int) -> None:
+        self.sock = sock
+        self.stdout_fd = stdout_fd
+        self.reader = protocol.FrameReader()
+        self.tenant_gone = False
+        self.last_output = time.monotonic()
+
+    def send(self, frame: bytes) -> None:
         """Blocking send; a helper that already closed its side is not an error here: its
         last frames (the reason it closed) are still to be read."""
-        sock.setblocking(True)
+        self.sock.setblocking(True)
         try:
-            sock.sendall(frame)
+            self.sock.sendall(frame)
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
-            sock.setblocking(False)
+            self.sock.setblocking(False)
 
-    previous[signal.SIGWINCH] = signal.signal(signal.SIGWINCH, on_winch)
-    try:
-        if saved_attrs is not None:
-            tty.setraw(stdin_fd, termios.TCSANOW)  # keep what the tenant typed ahead
-        sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, "sock")
-        selector.register(stdin_fd, selectors.EVENT_READ, "stdin")
-        size = _window_size(stdin_fd) if saved_attrs is not None else None
-        if size:
-            send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
-        while True:
-            if resize_pending:
-                resize_pending = False
-                size = _window_size(stdin_fd)
-                if size:
-                    send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
-            try:
-                events = selector.select(timeout=1.0)
-            except InterruptedError:
+    def show(self, data: bytes) -> None:
+        if self.tenant_gone:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self.stdout_fd, view)
+                view = view[written:]
+        except OSError:  # EPIPE, EIO (a terminal that hung up)...: the output goes nowhere
+            self.tenant_gone = True
+            raise TenantGone() from None
+
+    def receive(self) -> None:
+        """Read what the helper sent and show it; raises ``HelperClosed`` at the end."""
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            raise HelperClosed(ExitCode.UNAVAILABLE, "the vpsshell helper closed the console")
+        for frame_type, payload in self.reader.feed(chunk):
+            if frame_type == protocol.FRAME_CONSOLE_DATA:
+                self.last_output = time.monotonic()
+                self.show(payload)
                 continue
-            for key, _ in events:
-                if key.data == "stdin":
-                    data = os.read(stdin_fd, 4096)
-                    if not data:  # stdin closed: nothing more to type; stay and watch
-                        selector.unregister(stdin_fd)
-                        continue
-                    if DETACH_KEY in data:
-                        before = data.split(DETACH_KEY, 1)[0]
-                        if before and mode == "write":
-                            send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, before))
-                        send(_message({"v": 1, "op": "detach"}))
-                        code, note = ExitCode.OK, "detached"
-                        return code
-                    if mode == "write":
-                        send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data))
-                else:
-                    try:
-                        chunk = sock.recv(65536)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        return code
-                    for frame_type, payload in reader.feed(chunk):
-                        if frame_type == protocol.FRAME_CONSOLE_DATA:
-                            _write_all(stdout_fd, payload)
-                            continue
-                        message = json.loads(payload)
-                        text = str(message.get("text", ""))
-                        if message.get("event") == "closed":
-                            reason = str(message.get("reason", ""))
-                            code = CLOSE_EXIT_CODES.get(reason, ExitCode.FAILED)
-                            note = text
-                            return code
-                        _notice(stdout_fd, text)
-    except Hangup:
-        code, note = ExitCode.OK, ""
-        return code
-    except (OSError, protocol.ProtocolError, ValueError) as exc:
-        note = f"lost the connection to the vpsshell helper: {exc}"
-        return ExitCode.UNAVAILABLE
+            message = json.loads(payload)
+            text = str(message.get("text", ""))
+            if message.get("event") == "closed":
+                reason = str(message.get("reason", ""))
+                raise HelperClosed(CLOSE_EXIT_CODES.get(reason, ExitCode.FAILED), text)
+            from vpsshell.shell.render import inert
+
+            self.show(f"\r\n[vpsshell: {inert(text)}]\r\n".encode())
+
+    def detach(self) -> None:
+        """Tell the helper, and wait (briefly) until it confirms: then the writer's slot is
+        free. Output that arrives meanwhile is still shown, if anyone is left to see it."""
+        self.send(_message({"v": 1, "op": "detach"}))
+        deadline = time.monotonic() + DETACH_WAIT_SECONDS
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(left * 1000):
+                return
+            try:
+                self.receive()
+            except (HelperClosed, TenantGone, OSError, protocol.ProtocolError, ValueError):
+                return
+
+
+def run_console(
+    open_session: Callable[[], tuple[Any, socket.socket]], env: Environment, mode: str
+) -> ExitCode:
+    """Open the console session (``open_session``: its result and the connection), proxy it
+    until it ends; returns the exit code for how it ended. An error reply to the request
+    propagates (a ``VpsError``). The signals that end a session are caught from before the
+    request goes out, so that one arriving at any point ends it cleanly."""
+    stdin_fd = env.stdin.fileno()
+    stdout_fd = env.stdout.fileno()
+    saved_attrs = None
+    link: _Link | None = None
+    code, note, hangup = ExitCode.UNAVAILABLE, "the vpsshell helper closed the console", 0
+    resized = _Flag()
+    previous_winch = signal.signal(signal.SIGWINCH, resized.set)
+    try:
+        with ending_signals():
+            try:
+                result, sock = open_session()
+                link = _Link(sock, stdout_fd)
+                env.stdout.flush()
+                if env.stdin_isatty:
+                    import termios
+                    import tty
+
+                    saved_attrs = termios.tcgetattr(stdin_fd)
+                what = "Watching" if mode == "watch" else "Connected to"
+                domain = result.get("domain") if isinstance(result, dict) else None
+                _tell(env, f"{what} the console of {domain}. Press Ctrl-] to detach.\r\n")
+                if saved_attrs is not None:
+                    tty.setraw(stdin_fd, termios.TCSANOW)  # keep what the tenant typed ahead
+                code, note = _proxy(link, env, stdin_fd, mode, resized)
+            except KeyboardInterrupt:
+                code, note = ExitCode.INTERRUPTED, "interrupted"
+                if link is not None:
+                    hangup = _detach(link)
+                    note = "interrupted; detached"
+            except Hangup as signalled:
+                code, note, hangup = ExitCode.OK, "", signalled.signum
+                if link is not None:
+                    _detach(link)
+            except TenantGone:
+                code, note = ExitCode.OK, ""
+                if link is not None:
+                    hangup = _detach(link)
+            except HelperClosed as closed:
+                code, note = closed.code, closed.note
+            except (OSError, protocol.ProtocolError, ValueError) as exc:
+                code = ExitCode.UNAVAILABLE
+                note = f"lost the connection to the vpsshell helper: {exc}"
     finally:
-        selector.close()
-        sock.close()
+        if link is not None:
+            link.sock.close()
         if saved_attrs is not None:
             import termios
 
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_attrs)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        if note:
-            from vpsshell.shell.render import inert
+            try:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved_attrs)
+            except (OSError, termios.error):
+                pass  # the terminal is gone
+        signal.signal(signal.SIGWINCH, previous_winch)
+    if note and not (link is not None and link.tenant_gone):
+        from vpsshell.shell.render import inert
 
-            env.stderr.write(f"\r\n[vpsshell: {inert(note)}]\n")
-            env.stderr.flush()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+        _tell(env, f"\r\n[vpsshell: {inert(note)}]\n")
+    if hangup:
+        take_course(hangup)
+    return code
 
 
-def _notice(fd: int, text: str) -> None:
-    from vpsshell.shell.render import inert
+def _detach(link: _Link) -> int:
+    """``link.detach()`` on the way out of a session that ends for another reason: a signal
+    that arrives meanwhile cuts the wait short; returns it (0: none) for ``take_course``."""
+    try:
+        link.detach()
+    except Hangup as signalled:
+        return signalled.signum
+    except KeyboardInterrupt:
+        pass
+    return 0
 
-    _write_all(fd, f"\r\n[vpsshell: {inert(text)}]\r\n".encode())
+
+def _proxy(
+    link: _Link, env: Environment, stdin_fd: int, mode: str, resized: _Flag
+) -> tuple[ExitCode, str]:
+    """The session loop; returns (exit code, note) for an end it decides itself, raises for the
+    others (``HelperClosed``, ``TenantGone``, a signal)."""
+    stdout_fd = link.stdout_fd
+    on_terminal = env.stdin_isatty
+    link.sock.setblocking(False)
+    poller = select.poll()
+    poller.register(link.sock, select.POLLIN)
+    poller.register(stdin_fd, select.POLLIN)
+    if stdout_fd != stdin_fd:
+        poller.register(stdout_fd, 0)  # only POLLERR/POLLHUP: the tenant's end has gone
+    size = _window_size(stdin_fd) if on_terminal else None
+    if size:
+        link.send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
+    sent_size = size
+    end_of_input: float | None = None
+    while True:
+        if on_terminal and resized.take():
+            size = _window_size(stdin_fd)
+            if size and size != sent_size:
+                sent_size = size
+                link.send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
+        timeout = 1.0
+        if end_of_input is not None:
+            now = time.monotonic()
+            quiet_until = max(link.last_output, end_of_input) + QUIET_SECONDS
+            deadline = min(quiet_until, end_of_input + LINGER_SECONDS)
+            if now >= deadline:
+                link.detach()
+                return ExitCode.OK, "end of input; detached"
+            timeout = min(timeout, deadline - now)
+        for fd, events in poller.poll(timeout * 1000):
+            if fd == link.sock.fileno():
+                link.receive()
+            elif fd == stdin_fd:
+                data = _read_input(stdin_fd)
+                if data is None:
+                    continue
+                if not data:
+                    poller.unregister(stdin_fd)
+                    if on_terminal:  # a terminal gives no end of input: it hung up
+                        raise TenantGone()
+                    end_of_input = time.monotonic()
+                    continue
+                if DETACH_KEY in data:
+                    before = data.split(DETACH_KEY, 1)[0]
+                    if before and mode == "write":
+                        link.send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, before))
+                    link.detach()
+                    return ExitCode.OK, "detached"
+                if mode == "write":
+                    link.send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data))
+            elif fd == stdout_fd and events & GONE:
+                link.tenant_gone = True
+                raise TenantGone()
+
+
+def _read_input(fd: int) -> bytes | None:
+    """Up to 4096 bytes of input; empty at its end (also when it can no longer be read: a
+    terminal that hung up gives EIO); None if there is nothing after all (a spurious wakeup)."""
+    try:
+        return os.read(fd, 4096)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
+def _tell(env: Environment, text: str) -> None:
+    """A line of our own on stderr; nobody left to read it is not an error."""
+    try:
+        env.stderr.write(text)
+        env.stderr.flush()
+    except (OSError, ValueError):
+        pass

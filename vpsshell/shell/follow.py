@@ -2,15 +2,18 @@
 
 It ends when the tenant presses Ctrl-C (exit 0: stopping is what they asked for), when the
 helper ends the session (its reason decides the exit code), when the connection is lost, or
-when nobody is left to read the output (SIGHUP, SIGTERM, or the other end of stdout gone, as
-when an ``ssh host 'events --follow'`` client disconnects). Nothing here becomes a traceback.
+when nobody is left to read the output: the reader of stdout closed it (an ``ssh host 'events
+--follow'`` client that went away: sshd closes its end of the pipe), seen by ``poll`` at once
+or as EPIPE on a write, and SIGHUP, SIGTERM or SIGQUIT (after which the signal takes its
+course). Its input is never read, and its end does not end the follow: like ``tail -f``, it
+may run with ``ssh -n`` or as a background job whose stdin is /dev/null. Nothing here becomes a
+traceback.
 """
 
 from __future__ import annotations
 
 import json
 import select
-import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -18,53 +21,62 @@ from typing import Any
 from vpsshell import protocol
 from vpsshell.errors import ExitCode
 from vpsshell.shell import render
-from vpsshell.shell.console import CLOSE_EXIT_CODES, Hangup, raise_hangup
+from vpsshell.shell.console import CLOSE_EXIT_CODES
 from vpsshell.shell.environment import Environment
-
-
-def _stdout_gone(env: Environment) -> bool:
-    """The reading end of stdout is closed (a pipe's reader or a socket's peer went away)."""
-    try:
-        fd = env.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    poller = select.poll()
-    poller.register(fd, 0)  # only POLLERR / POLLHUP, always reported
-    return any(revents & (select.POLLERR | select.POLLHUP) for _, revents in poller.poll(0))
+from vpsshell.shell.signals import (
+    GONE,
+    Hangup,
+    ending_signals,
+    silence_stdout,
+    take_course,
+)
 
 
 def run_follow(
     open_session: Callable[[], tuple[Any, socket.socket]], env: Environment, as_json: bool
 ) -> ExitCode:
-    previous = {
-        signum: signal.signal(signum, raise_hangup) for signum in (signal.SIGTERM, signal.SIGHUP)
-    }
     sock: socket.socket | None = None
+    hangup = 0
+    code = ExitCode.OK
     try:
-        result, sock = open_session()
-        render.show_events(result, env, as_json=as_json)
-        env.stdout.flush()
-        return _stream(sock, env, as_json)
-    except (KeyboardInterrupt, Hangup):
-        return ExitCode.OK
-    except BrokenPipeError:  # whoever read our output has gone
-        return ExitCode.OK
+        with ending_signals():
+            try:
+                result, sock = open_session()
+                render.show_events(result, env, as_json=as_json)
+                env.stdout.flush()
+                code = _stream(sock, env, as_json)
+            except KeyboardInterrupt:
+                code = ExitCode.OK
+            except Hangup as signalled:
+                code, hangup = ExitCode.OK, signalled.signum
+            except BrokenPipeError:  # whoever read our output has gone
+                silence_stdout()
+                code = ExitCode.OK
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         if sock is not None:
             sock.close()
+    if hangup:
+        take_course(hangup)
+    return code
 
 
 def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
     reader = protocol.FrameReader()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
+    try:
+        stdout_fd: int | None = env.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        stdout_fd = None  # not a real stream (tests): its end is seen as EPIPE, if at all
+    if stdout_fd is not None:
+        poller.register(stdout_fd, 0)  # only POLLERR/POLLHUP: the reader has gone
     sock.settimeout(None)
     while True:
-        if not poller.poll(1000):
-            if _stdout_gone(env):
-                return ExitCode.OK
+        events = dict(poller.poll())
+        if stdout_fd is not None and events.get(stdout_fd, 0) & GONE:
+            silence_stdout()
+            return ExitCode.OK
+        if sock.fileno() not in events:
             continue
         try:
             chunk = sock.recv(65536)

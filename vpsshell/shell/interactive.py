@@ -7,9 +7,10 @@ On a pipe or a dumb terminal lines are read from stdin with no line editor. Eith
 line goes to ``session.execute_line`` and through the grammar's validation, exactly like
 ``vpsshell -c``; nothing here interprets a line itself.
 
-Signals: SIGTSTP is ignored (there is no job control to return to). SIGINT is ignored except
-while a command runs, when it stops the wait for the helper; at the prompt Ctrl-C is a key
-that clears the line. The editor, the system prompt and suspend are off.
+Signals (``signals.own_dispositions``, whatever was inherited): SIGTSTP is ignored (there is no
+job control to return to), and so is SIGQUIT. SIGINT is ignored except while a command runs,
+when it stops the wait for the helper; at the prompt Ctrl-C is a key that clears the line.
+SIGHUP and SIGTERM end the shell. The editor, the system prompt and suspend are off.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from vpsshell.shell import render
 from vpsshell.shell.environment import Environment
 from vpsshell.shell.session import Session, execute_line
 from vpsshell.shell.settings import ShellSettings, load_settings
+from vpsshell.shell.signals import Hangup, own_dispositions, take_course
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -75,6 +77,9 @@ def run_line(session: Session, line: str) -> tuple[ExitCode, bool]:
     except KeyboardInterrupt:
         render.show_error(INTERRUPTED, session.env)
         return ExitCode.TEMPORARY, False
+    except Hangup as signalled:  # a second signal while a console or a follow was ending
+        take_course(signalled.signum)
+        return ExitCode.OK, True
     except Exception as exc:  # a login shell reports a bug and keeps going; no traceback
         render.show_error(f"internal error: {type(exc).__name__}: {exc}", session.env)
         return ExitCode.FAILED, False
@@ -248,8 +253,7 @@ async def _run_prompt(session: Session, settings: ShellSettings, warnings: list[
 
 
 def run_interactive(env: Environment) -> ExitCode:
-    signal.signal(signal.SIGTSTP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    own_dispositions(interactive=True)
     settings, warnings = load_settings()
     session = InteractiveSession(paths.client_socket_path(), env)
     try:

@@ -3,7 +3,8 @@
 Accepted invocations are exactly: no arguments (interactive; also as a login shell, when argv[0]
 starts with ``-``) and ``-c COMMAND`` (what sshd runs for ``ssh host COMMAND``). Anything else
 is refused with exit 64. This module imports almost nothing at load time: ``vpsshell -c`` is a
-new process per SSH command.
+new process per SSH command. Each mode starts by setting its own signal dispositions, whatever
+it inherited (``signals.own_dispositions``).
 """
 
 from __future__ import annotations

@@ -61,9 +61,11 @@ class Session:
         """Turn this terminal into the domain's console until detach; returns the exit code."""
         from vpsshell.shell.console import run_console
 
-        result, sock = self._confirming(lambda a: self.client.open_console(op, a), args)
-        self.env.stdout.flush()
-        return run_console(sock, self.env, str(result.get("domain")), mode)
+        return run_console(
+            lambda: self._confirming(lambda a: self.client.open_console(op, a), args),
+            self.env,
+            mode,
+        )
 
     def follow_events(self, args: dict[str, Any], *, as_json: bool) -> ExitCode:
         """Show the events the helper sends until Ctrl-C or the end; returns the exit code."""
