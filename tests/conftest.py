@@ -10,8 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# hypothesis: reproducible runs that write nothing into the checkout (no example database)
+settings.register_profile("vpsshell", derandomize=True, database=None, deadline=None)
+settings.load_profile("vpsshell")
 
 from harness import Helper, ensure_users, is_root, remove_users  # noqa: E402
 

@@ -359,7 +359,7 @@ def _rules(draw: st.DrawFn) -> list[Rule]:
     return rules
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(
     rules=_rules(),
     user=st.sampled_from(_USERS),
