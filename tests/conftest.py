@@ -10,7 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+
+# hypothesis keeps caches in a storage directory, by default .hypothesis/ in the checkout
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", "/tmp/vpsshell-hypothesis")
+from hypothesis import settings  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 

@@ -58,8 +58,6 @@ from vpsshell import protocol
 
 pytestmark = pytest.mark.root
 
-# hypothesis keeps caches under .hypothesis/ in the working directory: not in the checkout
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", "/tmp/vpsshell-hypothesis")
 
 CI_EXAMPLES = 150
 LONG_RUN_EXAMPLES = int(os.environ.get("VPSSHELL_FUZZ_EXAMPLES") or 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
 
@@ -12,9 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vpsshell import protocol
-
-# hypothesis keeps caches under .hypothesis/ in the working directory: not in the checkout
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", "/tmp/vpsshell-hypothesis")
 
 
 def test_round_trip() -> None:
