@@ -23,15 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "xen"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from labkit import (  # noqa: E402
-    HELPER_SOCKET,
-    OWNER,
-    VENV,
-    Lab,
-    _ssh_args,
-    lab_script,
-    start_helper,
-)
+from lab import Machine, ensure_images  # noqa: E402
+from labkit import HELPER_SOCKET, OWNER, SHARE, VENV, Lab, start_helper  # noqa: E402
 
 TIMER = r"""
 import json, os, pwd, statistics, subprocess, sys, time
@@ -58,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
-    script = lab_script(Path("/tmp/vpsshell-xenlab/share"))
-    lab = Lab(script, _ssh_args())
-    if lab.run(f"test -x {VENV}/bin/vpsshell", check=False).code != 0:
+    machine = Machine(ensure_images(), share=SHARE)
+    with machine.lock(wait=False):
+        return _bench(Lab(machine), args.runs)
+
+
+def _bench(lab: Lab, runs: int) -> int:
+    if not lab.machine.running() or lab.run(f"test -x {VENV}/bin/vpsshell", check=False).code:
         print("no lab with vpsshell in dom0: run the lab tests with VPSSHELL_XENLAB_KEEP=1")
         return 2
     if lab.run(f"test -S {HELPER_SOCKET}", check=False).code != 0:
@@ -74,11 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         ("xl list web1", ["/usr/sbin/xl", "list", "web1"], False),
         ("python3 -I -c pass (floor)", ["/usr/bin/python3", "-I", "-c", "pass"], False),
     ]
-    remote = (
-        f"python3 -c {shlex.quote(TIMER)} {args.runs} {OWNER} {shlex.quote(json.dumps(commands))}"
-    )
+    remote = f"python3 -c {shlex.quote(TIMER)} {runs} {OWNER} {shlex.quote(json.dumps(commands))}"
     samples: dict[str, list[float]] = json.loads(lab.run(remote, timeout=1800).out)
-    print(f"{args.runs} runs each, in dom0 of the Xen lab (QEMU TCG):")
+    print(f"{runs} runs each, in dom0 of the Xen lab (QEMU TCG):")
     medians = {}
     for name, values in samples.items():
         values.sort()

@@ -5,22 +5,22 @@ See conftest.py in this directory for how a run uses the lab.
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.host import CACHE
+from lab.machine import DESTINATION, Machine
+from lab_contract import DB1_UUID
+
 REPO = Path(__file__).resolve().parents[2]
-LAB_DIR = Path(os.environ.get("VPSSHELL_XENLAB_DIR", REPO.parent / "shared" / "xenlab"))
-SHARE = Path(os.environ.get("VPSSHELL_XENLAB_SHARE", "/tmp/vpsshell-xenlab/share"))
+SHARE = CACHE / "share"  # wheels and the contract, read-only in dom0 at /mnt/host
 SKIP_REASON = (
     "the Xen lab is off: VPSSHELL_XENLAB=1 boots Xen in QEMU (~5 min; run-tests sets it as root)"
 )
-EXTRA_PKGS = "python3-venv python3-pip"
 
 VENV = "/tmp/vpsshell-venv"  # dom0's root fs is a full initramfs; /tmp is a tmpfs
 CONFIG_DIR = "/etc/vpsshell/xen.d"
@@ -28,7 +28,6 @@ HELPER_CONFIG = "/etc/vpsshell/vpsshelld.toml"
 HELPER_LOG = "/var/log/vpsshelld.log"
 HELPER_PID = "/run/vpsshelld-test.pid"
 OWNER, STRANGER = "xt-alice", "xt-bob"
-DB1_UUID = "d0d0d0d0-1111-4222-8333-444455556666"
 
 TIMINGS: dict[str, float] = {}
 
@@ -45,14 +44,18 @@ class Result:
 
 @dataclass
 class Lab:
-    """The booted lab: commands in dom0 as root, the tenants' shell, timings."""
+    """The booted lab: commands in dom0 as root, the tenants' shell."""
 
-    script: Path
-    ssh: list[str] = field(default_factory=list)
+    machine: Machine
+
+    @property
+    def ssh(self) -> list[str]:
+        """``ssh`` and its options; the destination is ``DESTINATION``."""
+        return self.machine.ssh_options()
 
     def run(self, command: str, timeout: float = 300, check: bool = True) -> Result:
         proc = subprocess.run(
-            [*self.ssh, "root@127.0.0.1", command],
+            [*self.ssh, DESTINATION, command],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -102,58 +105,6 @@ def _timed(label: str, work: Any) -> Any:
         return work()
     finally:
         TIMINGS[label] = time.monotonic() - began
-
-
-def _lab_command(script: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        [str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, **(env or {})},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return proc.stdout + proc.stderr
-
-
-# Under QEMU's TCG, Xen's XSAVE context switching corrupts dom0 processes while domains are
-# created and destroyed: with the lab as shipped, 5 to 11 user processes in dom0 (python, xl,
-# env) died of SIGSEGV or #GP in 4 minutes of create/destroy cycles; with Xen's ``xsave=0``,
-# none in 28 cycles. build-and-boot.sh has no knob for Xen's command line, so the tests boot a
-# copy that adds the option (and check in dom0 that Xen got it).
-XEN_TCG_OPTIONS = 'xenopts="$xenopts smap=0'
-XEN_OPTION = "xsave=0"
-
-
-def lab_script(share: Path) -> Path:
-    """The lab script to run: the lab's own if it already gives Xen ``xsave=0``, else a copy
-    beside the share that does. Fails loudly if the lab changed where the option goes."""
-    original = LAB_DIR / "build-and-boot.sh"
-    text = original.read_text()
-    if XEN_OPTION in text:
-        return original
-    if text.count(XEN_TCG_OPTIONS) != 1:
-        raise RuntimeError(
-            f"{original}: cannot add {XEN_OPTION} to Xen's command line (no single "
-            f"{XEN_TCG_OPTIONS!r}); see XEN_OPTION in {__file__}"
-        )
-    share.parent.mkdir(parents=True, exist_ok=True)
-    copy = share.parent / "build-and-boot.sh"
-    copy.write_text(text.replace(XEN_TCG_OPTIONS, f"{XEN_TCG_OPTIONS} {XEN_OPTION}"))
-    copy.chmod(0o755)
-    selftest = LAB_DIR / "xenlab_selftest.py"
-    (share.parent / selftest.name).write_text(selftest.read_text())
-    return copy
-
-
-def _ssh_args() -> list[str]:
-    sys.path.insert(0, str(LAB_DIR))
-    try:
-        import xenlab_selftest  # the lab's own ssh options (connection multiplexing)
-    finally:
-        sys.path.remove(str(LAB_DIR))
-    return list(xenlab_selftest.SSH)
 
 
 def _install(lab: Lab) -> None:
