@@ -3,7 +3,7 @@
 For generated policies (users and groups, actions and action sets, domains, domain sets and
 ``*`` in denies, ``expires=`` around a generated day, ``confirm=password``, now and then a
 broken file) and generated group memberships, every (user, action, domain) is decided by the
-helper's own decision function, ``TenantApi.decide``, called as the helper calls it (caller,
+helper's own decision function, ``Authorizer.decide``, called as the helper calls it (caller,
 action, domain; no time given, so the host's clock, here set to the generated time), and each
 answer must be what the admin tool prints: the same allow or deny, the same ``confirm=``, the
 same deciding rule. A rule about who may do what that only one side applies (as "console
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from vpsshell.admin.identities import StaticIdentities
 from vpsshell.admin.main import run
-from vpsshell.daemon.api import TenantApi
+from vpsshell.daemon.authorization import Authorizer
 from vpsshell.daemon.peer import Caller
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.policy import ACTIONS, Decision, Policy, engine
@@ -162,9 +162,9 @@ class Helper:
     def __init__(self, site: Site, case: Case) -> None:
         state = PolicyState(str(site.policy_dir))
         state.reload()
-        # Only the policy is needed to decide; the rest of a TenantApi (backend, consoles,
-        # audit) plays no part in a decision, so it is not built.
-        self.api = TenantApi.__new__(TenantApi)
+        # Only the policy is needed to decide; the rest of an Authorizer (backend, password
+        # and account checks) plays no part in a decision, so it is not built.
+        self.api = Authorizer.__new__(Authorizer)
         self.api.policy = state
         self.case = case
 

@@ -2,82 +2,135 @@
 sessions, inject sim faults.
 
 Only connections from uid 0 (or the helper's own uid, for an unprivileged demo helper) reach
-this module; the listener checks the peer credentials before any byte is read.
+this module; the listener checks the peer credentials before any byte is read. Operations are
+declared as the tenant API's are (``operation.Operations``); one that a backend cannot do
+(``crash``: only the sim backend injects crashes) does not exist on that helper. Every request
+gets one audit line, whatever its outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend
-from vpsshell.daemon.api import DOMAIN_NAME_RE, MAX_REQUEST_ID
 from vpsshell.daemon.audit import AuditLog
+from vpsshell.daemon.config import Limits
 from vpsshell.daemon.consoles import ConsoleManager
+from vpsshell.daemon.operation import Operations, request_id_of
 from vpsshell.daemon.peer import Caller
+from vpsshell.daemon.pipeline import DOMAIN_NAME_RE
 from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.daemon.server import Answer
+from vpsshell.errors import ActionFailed, UsageError, VpsError
+
+log = logging.getLogger("vpsshell.admin")
+
+AdminHandler = Callable[["AdminApi", dict[str, Any]], Awaitable[Any]]
+ADMIN_OPERATIONS: Operations[AdminHandler] = Operations()
+operation = ADMIN_OPERATIONS.declare
+
+
+def _ignored_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    return {}  # root's own tool; arguments it does not need are not an error
 
 
 class AdminApi:
     def __init__(
-        self, backend: Backend, policy: PolicyState, audit: AuditLog, consoles: ConsoleManager
+        self,
+        backend: Backend,
+        policy: PolicyState,
+        audit: AuditLog,
+        consoles: ConsoleManager,
+        limits: Limits | None = None,
     ) -> None:
         self.consoles = consoles
         self.backend = backend
         self.policy = policy
         self.audit = audit
+        self.limits = limits or Limits()
 
     async def handle(
         self,
         caller: Caller,
         untrusted: dict[str, Any],
         progress: Callable[[dict[str, Any]], Awaitable[None]],
-    ) -> dict[str, Any]:
-        untrusted_id = untrusted.get("id")
-        request_id = (
-            untrusted_id
-            if type(untrusted_id) is int and 0 <= untrusted_id < MAX_REQUEST_ID  # not a bool
-            else None
-        )
-        op = untrusted.get("op")
-        args = untrusted.get("args") if isinstance(untrusted.get("args"), dict) else {}
-        assert isinstance(args, dict)
-        result: Any
-        if op == "reload":
-            policy = await self.policy.reload_async()
-            result = {"rules": len(policy.rules), "errors": [str(e) for e in policy.errors]}
-        elif op == "crash" and hasattr(self.backend, "inject_crash"):
-            domain = args.get("domain")
-            info = (
-                await self.backend.lookup(domain)
-                if isinstance(domain, str) and DOMAIN_NAME_RE.match(domain)
-                else None
+    ) -> Answer:
+        request_id = request_id_of(untrusted)
+        untrusted_op = untrusted.get("op")
+        found = ADMIN_OPERATIONS.get(untrusted_op, self.backend)
+        audit: dict[str, Any] = {
+            "socket": "admin",
+            "uid": caller.uid,
+            "user": caller.user,
+            "pid": caller.pid,
+            "action": f"admin:{found.name if found else repr(untrusted_op)[:64]}",
+            "decision": "allow" if found else "invalid",
+        }
+        try:
+            if found is None:
+                raise UsageError("unknown admin operation")
+            untrusted_args = untrusted.get("args")
+            args = found.check_args(
+                untrusted_args if isinstance(untrusted_args, dict) else {}, self.limits
             )
-            if info is None:
-                return protocol.reply_error(request_id, "failed", "no such domain")
-            await self.backend.inject_crash(info.uuid)
-            result = {"domain": info.name}
-        elif op == "sessions":
-            result = self.consoles.describe()
-        elif op == "kick":
-            untrusted_id = args.get("id")
-            untrusted_user = args.get("user")
-            result = {
-                "kicked": self.consoles.kick(
-                    attachment_id=untrusted_id if isinstance(untrusted_id, int) else None,
-                    user=untrusted_user if isinstance(untrusted_user, str) else None,
-                )
-            }
-        else:
-            return protocol.reply_error(request_id, "usage", "unknown admin operation")
-        self.audit.write(
-            socket="admin",
-            uid=caller.uid,
-            user=caller.user,
-            pid=caller.pid,
-            action=f"admin:{op}",
-            decision="allow",
-            result="ok",
-        )
-        return protocol.reply_ok(request_id if request_id is not None else 0, result)
+            result = await found.handler(self, args)
+            audit["result"] = "ok"
+            return Answer(protocol.reply_ok(request_id if request_id is not None else 0, result))
+        except VpsError as exc:
+            audit["result"] = exc.kind
+            audit["message"] = exc.message
+            return Answer(protocol.reply_error(request_id, exc.kind, exc.message))
+        except asyncio.CancelledError:
+            audit["result"] = "cancelled"
+            raise
+        except Exception:
+            log.exception("admin request %s failed", audit["action"])
+            audit["result"] = "internal-error"
+            return Answer(
+                protocol.reply_error(request_id, "failed", "internal error in the helper")
+            )
+        finally:
+            self.audit.write(**audit)
+
+
+@operation("reload", args=_ignored_args)
+async def op_reload(api: AdminApi, args: dict[str, Any]) -> Any:
+    policy = await api.policy.reload_async()
+    return {"rules": len(policy.rules), "errors": [str(e) for e in policy.errors]}
+
+
+def _crash_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    domain = untrusted.get("domain")
+    return {"domain": domain if isinstance(domain, str) and DOMAIN_NAME_RE.match(domain) else None}
+
+
+@operation("crash", args=_crash_args, when=lambda backend: hasattr(backend, "inject_crash"))
+async def op_crash(api: AdminApi, args: dict[str, Any]) -> Any:
+    info = await api.backend.lookup(args["domain"]) if args["domain"] is not None else None
+    if info is None:
+        raise ActionFailed("no such domain")
+    await api.backend.inject_crash(info.uuid)  # type: ignore[attr-defined]
+    return {"domain": info.name}
+
+
+@operation("sessions", args=_ignored_args)
+async def op_sessions(api: AdminApi, args: dict[str, Any]) -> Any:
+    return api.consoles.describe()
+
+
+def _kick_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    untrusted_id = untrusted.get("id")
+    untrusted_user = untrusted.get("user")
+    return {
+        "attachment_id": untrusted_id if isinstance(untrusted_id, int) else None,
+        "user": untrusted_user if isinstance(untrusted_user, str) else None,
+    }
+
+
+@operation("kick", args=_kick_args)
+async def op_kick(api: AdminApi, args: dict[str, Any]) -> Any:
+    return {"kicked": api.consoles.kick(**args)}

@@ -84,13 +84,13 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon import systemd
     from vpsshell.daemon.accounts import AccountChecker
     from vpsshell.daemon.admin_api import AdminApi
-    from vpsshell.daemon.api import TenantApi
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.confirm import PasswordChecker
     from vpsshell.daemon.consoles import Attachment, ConsoleManager
     from vpsshell.daemon.events import EventRecord
     from vpsshell.daemon.hooks import HookRunner
     from vpsshell.daemon.peer import Caller
+    from vpsshell.daemon.pipeline import TenantApi
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener, bind_socket
     from vpsshell.daemon.session_guard import SessionGuard
@@ -150,7 +150,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             domain=None,
             detail=f"broken: {errors[0]}" if errors else f"ok: {len(policy.rules)} rule(s)",
         )
-        consoles.revoke(tenant_api.still_attached_allowed)
+        consoles.revoke(tenant_api.authorizer.still_attached_allowed)
 
     policy = PolicyState(config.policy_dir)
     accounts = AccountChecker(config.pam_service, threads=limits.account_check_threads)
@@ -179,7 +179,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     policy.on_reload = on_reload
     policy.reload()
     await consoles.start_all()
-    admin_api = AdminApi(backend, policy, audit, consoles)
+    admin_api = AdminApi(backend, policy, audit, consoles, limits)
     inherited = systemd.activated_socket(config.socket)
     tenant = Listener(
         "tenant",
@@ -200,7 +200,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         rate_limit_connections=False,  # root only
     )
     guard = SessionGuard(
-        tenant_api,
+        tenant_api.authorizer,
         consoles,
         accounts,
         interval=limits.session_recheck_seconds,

@@ -1,7 +1,7 @@
 """The ``events --follow`` half of a tenant connection, after its ``events`` request was allowed.
 
 The helper sends each event the caller may see as a ``{"event": "record"}`` message, decided
-when it is sent (``api.EventFilter``), and ends with ``{"event": "closed"}``. The client sends
+when it is sent (``event_filter``), and ends with ``{"event": "closed"}``. The client sends
 nothing but, optionally, ``{"op": "detach"}``; whatever else it sends is ignored, and its
 closing the connection ends the session. A client that stops reading is dropped once its
 follower queue is full; it never holds up the helper.
@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
 
 from vpsshell import protocol
+from vpsshell.daemon.event_filter import EventFilter
 from vpsshell.daemon.events import TENANT_KINDS, Follower
-
-if TYPE_CHECKING:
-    from vpsshell.daemon.api import EventFilter
 
 DRAIN_SECONDS = 2.0
 MAX_SESSION_SECONDS = 7 * 86400.0
@@ -31,7 +28,7 @@ async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.Str
     while True:
         try:
             # a quiet follower is authorized again at least this often, like an attached console
-            async with asyncio.timeout(shown.api.limits.session_recheck_seconds):
+            async with asyncio.timeout(shown.recheck_seconds):
                 events = await follower.next_events()
         except TimeoutError:
             ended = await shown.recheck()

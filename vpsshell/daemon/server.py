@@ -20,7 +20,7 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from vpsshell import protocol
 from vpsshell.daemon.admission import Admission
@@ -30,8 +30,16 @@ from vpsshell.daemon.peer import Caller, peer_credentials, resolve_caller
 
 log = logging.getLogger("vpsshell.server")
 
-SESSION_KEY = "_session"  # in a reply dict: never sent, takes over the connection after it
+# what takes over a connection after the reply that allowed it (a console, an events follower)
 Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Answer(NamedTuple):
+    """An API's answer to one request: the reply to send and, for a request that opens a
+    console or an events follower, the session that runs on the connection after it."""
+
+    reply: dict[str, Any]
+    session: Session | None = None
 
 
 def _closed_reader() -> asyncio.StreamReader:
@@ -46,7 +54,7 @@ Admit = Callable[[Caller, float | None], Awaitable[str | None]]
 
 RequestHandler = Callable[
     [Caller, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
-    Awaitable[dict[str, Any]],
+    Awaitable[Answer],
 ]
 
 
@@ -257,9 +265,8 @@ class Listener:
                 if not await self._account_accepted(caller, writer, recheck):
                     return
                 checked = time.monotonic()
-            reply = await self.handle_request(caller, untrusted_message, send)
             # a console request hands the rest of the connection to its session
-            session: Session | None = reply.pop(SESSION_KEY, None)
+            reply, session = await self.handle_request(caller, untrusted_message, send)
             try:
                 await self._send(writer, reply)
             except ConnectionError:

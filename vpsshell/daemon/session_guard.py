@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 
 from vpsshell.daemon.accounts import AccountChecker
-from vpsshell.daemon.api import TenantApi
+from vpsshell.daemon.authorization import Authorizer
 from vpsshell.daemon.consoles import ConsoleManager
 
 log = logging.getLogger("vpsshell.sessions")
@@ -33,14 +33,14 @@ def seconds_to_next_midnight(now: dt.datetime | None = None) -> float:
 class SessionGuard:
     def __init__(
         self,
-        api: TenantApi,
+        authorizer: Authorizer,
         consoles: ConsoleManager,
         accounts: AccountChecker | None,
         *,
         interval: float,
         account_max_age: float,
     ) -> None:
-        self.api = api
+        self.authorizer = authorizer
         self.consoles = consoles
         self.accounts = accounts
         self.interval = interval
@@ -64,7 +64,7 @@ class SessionGuard:
         if self.accounts is not None:
             for caller in callers.values():
                 await self.accounts.refusal(caller.uid, caller.user, self.account_max_age)
-        ended = self.consoles.revoke(self.api.still_attached_allowed)
+        ended = self.consoles.revoke(self.authorizer.still_attached_allowed)
         if ended:
             log.info("ended %d console session(s) whose access ended", ended)
         return ended

@@ -1,0 +1,150 @@
+"""Where a tenant request is authorized: every "may this caller do this to that domain" of the
+helper is answered here, and nowhere else.
+
+The answer itself comes from the policy engine (``Policy.decide``, which ``vpsshell-admin
+policy explain/who/list/test`` also answer with); this module adds only what the helper must
+do around it: the caller as NSS says it is now (never as it was at connect time, never as the
+client says), the ``confirm=password`` step with its lockout, "does not exist" answered exactly
+like "not allowed", and the decision taken again after every await (a password check, the
+backend's lookup), so that a revocation, an expired rule or a group change that lands
+meanwhile stops the action. Sessions that outlive their request (attached consoles, events
+followers) are re-authorized with the same functions. It never acts on a domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from vpsshell.backends.base import Backend
+from vpsshell.daemon.accounts import AccountChecker
+from vpsshell.daemon.confirm import Outcome, PasswordChecker
+from vpsshell.daemon.consoles import Attachment
+from vpsshell.daemon.operation import Request, Target
+from vpsshell.daemon.peer import Caller, CallerLookup
+from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.errors import ConfirmRequired, Denied, TemporaryFailure, not_found_or_denied
+from vpsshell.policy import Decision
+
+
+class Authorizer:
+    def __init__(
+        self,
+        policy: PolicyState,
+        backend: Backend,
+        passwords: PasswordChecker,
+        accounts: AccountChecker | None = None,
+    ) -> None:
+        self.policy = policy
+        self.backend = backend
+        self.passwords = passwords
+        self.accounts = accounts
+        self.callers = CallerLookup()
+
+    def current_caller(self, caller: Caller, audit: dict[str, Any]) -> Caller:
+        """``caller`` with its groups as NSS says now, not at connect time; Denied if the
+        uid has no passwd entry any more."""
+        fresh = self.callers.fresh(caller)
+        if fresh is None:
+            audit["decision"] = "deny"
+            audit["reason"] = "uid has no passwd entry any more"
+            raise Denied("unknown user")
+        return fresh
+
+    async def authorize(
+        self, request: Request, action: str | None, audit: dict[str, Any]
+    ) -> tuple[Request, Target | None]:
+        """The decision for the request's ``action`` on its domain, taken again after every
+        await (a password check, the backend's lookup): a revocation, an expired rule or a
+        group change that lands meanwhile stops the action. Returns the request with the
+        caller as last looked up, and the domain it may act on."""
+        if action is None or request.domain is None:
+            audit["decision"] = "allow"
+            return request, None
+        domain = request.domain
+        decision = self.decide(request.caller, action, domain)
+        audit["rule"] = decision.deciding.location if decision.deciding else None
+        if not decision.allowed:
+            audit["decision"] = "deny"
+            audit["reason"] = decision.reason
+            raise not_found_or_denied(domain)
+        if decision.confirm:
+            await self._confirm(request, action, audit)
+        info = await self.backend.lookup(domain)
+        if info is None or info.name != domain:
+            audit["decision"] = "deny"
+            audit["reason"] = "no such domain"
+            raise not_found_or_denied(domain)
+        caller = self.callers.fresh(request.caller)
+        again = self.decide(caller, action, domain) if caller is not None else None
+        if caller is None or again is None or not again.allowed:
+            audit["decision"] = "deny"
+            audit["reason"] = "access ended while the request waited"
+            raise not_found_or_denied(domain)
+        audit["rule"] = again.deciding.location if again.deciding else None
+        audit["decision"] = "allow"
+        audit["uuid"] = info.uuid
+        return request._replace(caller=caller), Target(info, audit["rule"])
+
+    async def _confirm(self, request: Request, action: str, audit: dict[str, Any]) -> None:
+        """``confirm=password``: the tenant's password, checked by PAM, with a lockout
+        (``confirm.PasswordChecker``)."""
+        caller = request.caller
+        audit["confirm"] = "password"
+        if not self.passwords.service:
+            audit["decision"] = "deny"
+            audit["reason"] = "confirm=password but PAM is off (pam_service)"
+            raise Denied(f"{request.domain}: this action needs a password, which is not set up")
+        locked = self.passwords.locked_for(caller.uid)
+        if locked > 0:
+            audit["decision"] = "deny"
+            audit["reason"] = "password lockout"
+            raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
+        if request.password is None:
+            audit["decision"] = "confirm"
+            raise ConfirmRequired(f"{action} {request.domain} needs your password")
+        outcome, reason = await self.passwords.check(caller.uid, caller.user, request.password)
+        if outcome is Outcome.ACCEPTED:
+            audit["confirmed"] = True
+            return
+        audit["decision"] = "deny"
+        audit["reason"] = reason
+        if outcome is Outcome.REFUSED:
+            raise ConfirmRequired("password not accepted")
+        if outcome is Outcome.BUSY:
+            raise TemporaryFailure("a password check is already under way; try again shortly")
+        locked = self.passwords.locked_for(caller.uid)
+        raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
+
+    def decide(self, caller: Caller, action: str, domain: str) -> Decision:
+        """The policy's decision, and nothing added to it: every rule about who may do what
+        (console implies watch among them) is in ``Policy.decide``, which is also what
+        ``vpsshell-admin policy explain/who/list/test`` answer with."""
+        return self.policy.policy.decide(caller.user, caller.groups, action, domain)
+
+    def visible_domains(self, caller: Caller, names: Iterable[str]) -> set[str]:
+        """Which of ``names`` the caller may see at all (any grant implies ``status``)."""
+        return self.policy.policy.visible_domains(caller.user, caller.groups, names)
+
+    def still_attached_allowed(self, attachment: Attachment, domain: str) -> bool:
+        """May this console attachment stay (after a policy reload, and at every periodic
+        re-check)? Groups are looked up anew; a refused account ends it."""
+        fresh = self.callers.fresh(attachment.caller)
+        if fresh is None:
+            return False
+        if self.accounts is not None and self.accounts.last_refusal(fresh.uid) is not None:
+            return False
+        action = "console" if attachment.mode == "write" else "watch"
+        return self.decide(fresh, action, domain).allowed
+
+    def may_see_events(self, caller: Caller, domain: str, *, confirmed: bool = False) -> bool:
+        """May ``caller`` see ``domain``'s events: a grant, and one that wants a password
+        (``confirm=``) only if the request showing them gave it (``confirmed``)."""
+        decision = self.decide(caller, "events", domain)
+        return decision.allowed and (confirmed or decision.confirm is None)
+
+    async def account_refused(self, caller: Caller, max_age: float) -> bool:
+        """Does PAM refuse ``caller``'s account now (a verdict up to ``max_age`` old)?"""
+        if self.accounts is None:
+            return False
+        return await self.accounts.refusal(caller.uid, caller.user, max_age) is not None

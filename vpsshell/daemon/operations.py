@@ -1,0 +1,363 @@
+"""The tenant API's operations: each declared once, with the check of its arguments.
+
+A handler runs only after the request path (``pipeline``) has sanitized the request and the
+``Authorizer`` has allowed it: ``target`` is then the domain it may act on, resolved to its
+backend UUID, and the handler acts on that UUID only. Handlers return the reply's result
+(data, never text to print), or a ``ReplyThenSession`` when the connection goes on as a
+console or events session. They never decide who may do what; where a result depends on the
+policy (``list``, ``events``), they ask the ``Authorizer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from vpsshell import __version__, protocol
+from vpsshell.backends.base import Backend, DomainInfo, DomainState
+from vpsshell.daemon.authorization import Authorizer
+from vpsshell.daemon.config import Limits
+from vpsshell.daemon.console_session import run_console_session
+from vpsshell.daemon.consoles import ConsoleManager
+from vpsshell.daemon.event_filter import EventFilter
+from vpsshell.daemon.events import EventRecord
+from vpsshell.daemon.events_session import run_events_session
+from vpsshell.daemon.operation import (
+    Operations,
+    ReplyThenSession,
+    Request,
+    Target,
+    bool_arg,
+    int_arg,
+    int_value,
+    refuse_unknown,
+)
+from vpsshell.errors import TemporaryFailure, UsageError
+
+WAIT_POLL_SECONDS = 0.2
+REPLY_BUDGET = protocol.MAX_FRAME_BYTES - 1024  # for the result; the rest is the envelope
+PROGRESS_EVERY_SECONDS = 5.0
+LOG_DEFAULT_LINES = 100
+LOG_MAX_LINES = 10000
+EVENTS_DEFAULT_LINES = 100
+EVENTS_MAX_LINES = 10000
+
+
+@dataclass
+class TenantServices:
+    """What a tenant operation may use: the backend, consoles, events, and the authorizer
+    for results that depend on the policy."""
+
+    backend: Backend
+    authorizer: Authorizer
+    consoles: ConsoleManager
+    events: EventRecord
+    limits: Limits
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock_for(self, uuid: str) -> asyncio.Lock:
+        """One power action per domain at a time."""
+        lock = self._locks.get(uuid)
+        if lock is None:
+            lock = self._locks[uuid] = asyncio.Lock()
+        return lock
+
+
+T = TypeVar("T")
+TenantHandler = Callable[[TenantServices, Request, Target | None], Awaitable[Any]]
+TENANT_OPERATIONS: Operations[TenantHandler] = Operations()
+operation = TENANT_OPERATIONS.declare
+
+
+def _newest_that_fit(items: list[T]) -> list[T]:
+    """The newest of ``items`` whose JSON fits in one reply frame (JSON escaping can make a
+    console line up to six times longer)."""
+    budget, kept = REPLY_BUDGET, []
+    for item in reversed(items):
+        budget -= len(json.dumps(item)) + 1
+        if budget < 0:
+            break
+        kept.append(item)
+    kept.reverse()
+    return kept
+
+
+def _message(info: DomainInfo, verb: str) -> dict[str, Any]:
+    return {"domain": info.name, "state": info.state.value, "message": f"{info.name}: {verb}"}
+
+
+def _shutdown_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "wait", "force"})
+    force = bool_arg(untrusted, "force")
+    wait: int | None = None
+    if "wait" in untrusted or force:
+        untrusted_wait = untrusted.get("wait")
+        high = limits.shutdown_wait_max_seconds
+        wait = (
+            limits.shutdown_wait_default_seconds
+            if untrusted_wait is None
+            else int_value(untrusted_wait, "wait", 0, high, f"0..{high} seconds")
+        )
+    return {"wait": wait, "force": force}
+
+
+async def _power_action(
+    api: TenantServices,
+    target: Target | None,
+    act: Callable[[str], Awaitable[None]],
+    verb: str,
+) -> dict[str, Any]:
+    assert target is not None
+    lock = api.lock_for(target.info.uuid)
+    if lock.locked():
+        raise TemporaryFailure(f"{target.info.name} is busy with another action; try again shortly")
+    async with lock:
+        await act(target.info.uuid)
+        return _message(await api.backend.info(target.info.uuid), verb)
+
+
+def _refused_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    untrusted_line = untrusted.get("line")
+    if not isinstance(untrusted_line, str) or set(untrusted) != {"line"}:
+        raise UsageError("refused: expected a line")
+    # kept only as an escaped, clipped string: it is evidence, never parsed or executed
+    return {"line": untrusted_line[:1024].encode("unicode_escape").decode("ascii")[:1024]}
+
+
+@operation("refused", args=_refused_args)
+async def op_refused(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """The shell reports a command it refused (a tenant ran ``sftp-server``, ``scp``...)."""
+    request.audit["decision"] = "refused"
+    request.audit["line"] = request.args["line"]
+    return {}
+
+
+@operation("list")
+async def op_list(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """The domains the caller may ``status``. One whose ``status`` wants a password
+    (``confirm=``) is listed by name only, with ``"confirm"``: its state and the rest are
+    what ``status DOMAIN`` shows once the password is given."""
+    caller = request.caller
+    domains = await api.backend.list_domains()
+    visible = api.authorizer.visible_domains(caller, [d.name for d in domains])
+    listed: list[dict[str, Any]] = []
+    for domain in domains:
+        if domain.name not in visible:
+            continue
+        confirm = api.authorizer.decide(caller, "status", domain.name).confirm
+        listed.append(
+            {"name": domain.name, "confirm": confirm} if confirm is not None else domain.to_json()
+        )
+    return listed
+
+
+@operation("status", action="status", domain="required")
+async def op_status(api: TenantServices, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    return (await api.backend.info(target.info.uuid)).to_json()
+
+
+@operation("start", action="start", domain="required")
+async def op_start(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.start, "starting")
+
+
+@operation("reboot", action="reboot", domain="required")
+async def op_reboot(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.reboot, "rebooting")
+
+
+@operation("poweroff", action="poweroff", domain="required")
+async def op_poweroff(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.poweroff, "powered off")
+
+
+@operation("reset", action="reset", domain="required")
+async def op_reset(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _power_action(api, target, api.backend.reset, "reset")
+
+
+@operation("shutdown", action="shutdown", domain="required", args=_shutdown_args)
+async def op_shutdown(api: TenantServices, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    wait: int | None = request.args["wait"]
+    force: bool = request.args["force"]
+    name = target.info.name
+
+    async def shutdown_and_wait(uuid: str) -> None:
+        already = (await api.backend.info(uuid)).state == DomainState.SHUTTING_DOWN
+        if not (already and wait is not None):  # a repeated --wait joins the shutdown under way
+            await api.backend.shutdown(uuid)
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        next_progress = time.monotonic() + PROGRESS_EVERY_SECONDS
+        while (await api.backend.info(uuid)).state != DomainState.SHUTOFF:
+            now = time.monotonic()
+            if now >= deadline:
+                if not force:
+                    raise TemporaryFailure(f"{name} is still shutting down after {wait} s")
+                await request.progress(f"{name} did not shut down within {wait} s; powering off")
+                await api.backend.poweroff(uuid)
+                return
+            if now >= next_progress:
+                await request.progress(
+                    f"waiting for {name} to shut down ({int(deadline - now)} s left)"
+                )
+                next_progress = now + PROGRESS_EVERY_SECONDS
+            await asyncio.sleep(WAIT_POLL_SECONDS)
+
+    result = await _power_action(api, target, shutdown_and_wait, "shutting down")
+    if result["state"] == DomainState.SHUTOFF.value:
+        result["message"] = f"{name}: shut off"
+    return result
+
+
+@operation("whoami")
+async def op_whoami(api: TenantServices, request: Request, target: Target | None) -> Any:
+    caller = request.caller
+    return {"user": caller.user, "uid": caller.uid, "groups": list(caller.groups)}
+
+
+@operation("version")
+async def op_version(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return {
+        "helper": __version__,
+        "protocol": protocol.PROTOCOL_VERSION,
+        "backend": api.backend.kind,
+    }
+
+
+def _console_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "takeover", "replay"})
+    takeover = bool_arg(untrusted, "takeover")
+    default = limits.console_replay_default_bytes
+    replay = int_arg(untrusted, "replay", default, 0, None, "a number of bytes")
+    return {"takeover": takeover, "replay": min(replay, limits.console_ring_bytes)}
+
+
+async def _attach(api: TenantServices, request: Request, target: Target | None, mode: str) -> Any:
+    assert target is not None
+    # Everything that can fail or wait comes first: from hub.attach() on nothing awaits, so an
+    # attachment is only ever made by a request whose reply carries the session that ends it.
+    state = (await api.backend.info(target.info.uuid)).state.value
+    hub = api.consoles.hub_for(target.info)
+    attachment = api.consoles.new_attachment(request.caller, mode)
+    takeover = bool(request.args.get("takeover")) and mode == "write"
+    displaced = hub.writer if takeover else None
+    hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
+    request.audit["console"] = {"mode": mode, "takeover": takeover, "attachment": attachment.id}
+    user, name, uuid = request.caller.user, target.info.name, target.info.uuid
+    if displaced is not None:
+        detail = f"from {displaced.caller.user}"
+        api.events.record("console-takeover", domain=name, uuid=uuid, user=user, detail=detail)
+    api.events.record("console-attached", domain=name, uuid=uuid, user=user, detail=mode)
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await run_console_session(attachment, hub, reader, writer)
+
+    return ReplyThenSession({"domain": target.info.name, "state": state, "mode": mode}, session)
+
+
+@operation("console", action="console", domain="required", args=_console_args)
+async def op_console(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _attach(api, request, target, "write")
+
+
+@operation("watch", action="watch", domain="required", args=_console_args)
+async def op_watch(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _attach(api, request, target, "watch")
+
+
+def _log_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "lines"})
+    return {"lines": int_arg(untrusted, "lines", LOG_DEFAULT_LINES, 1, LOG_MAX_LINES)}
+
+
+@operation("log", action="log", domain="required", args=_log_args)
+async def op_log(api: TenantServices, request: Request, target: Target | None) -> Any:
+    assert target is not None
+    hub = api.consoles.hub_for(target.info)
+    lines = await asyncio.to_thread(hub.log.tail, request.args["lines"])
+    kept = _newest_that_fit(lines)
+    return {"domain": target.info.name, "lines": kept, "truncated": len(kept) < len(lines)}
+
+
+def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "key"})
+    key = untrusted.get("key")
+    if not isinstance(key, str) or len(key) != 1 or not ("a" <= key <= "z" or "0" <= key <= "9"):
+        raise UsageError("key: expected one of 0-9 or a-z")
+    return {"key": key}
+
+
+@operation("sysrq", action="sysrq", domain="required", args=_sysrq_args)
+async def op_sysrq(api: TenantServices, request: Request, target: Target | None) -> Any:
+    key = request.args["key"]
+
+    async def send(uuid: str) -> None:
+        await api.backend.sysrq(uuid, key)
+
+    result = await _power_action(api, target, send, f"sent SysRq {key}")
+    return result
+
+
+def _events_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "follow", "lines"})
+    follow = bool_arg(untrusted, "follow")
+    lines = int_arg(untrusted, "lines", EVENTS_DEFAULT_LINES, 0, EVENTS_MAX_LINES)
+    return {"follow": follow, "lines": lines}
+
+
+@operation("events", action="events", domain="optional", args=_events_args)
+async def op_events(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """The kept events of the caller's domains; with ``follow`` the connection then carries
+    new ones as they happen (see ``events_session``). Without a domain, ``withheld`` names
+    the domains whose events were left out because their grant wants a password."""
+    caller = request.caller
+    if target is not None:
+        names = {target.info.uuid: target.info.name}
+    else:  # the UUID each name stands for now
+        names = {d.uuid: d.name for d in await api.backend.list_domains()}
+    shown = EventFilter(
+        api.authorizer,
+        caller,
+        target.info if target is not None else None,
+        names,
+        recheck_seconds=api.limits.session_recheck_seconds,
+        account_max_age=api.limits.account_recheck_seconds,
+    )
+    # no await from here on: the history and the follower see every event exactly once
+    history = [e for e in api.events.history(names) if shown.shows_kept(e, names[e.uuid or ""])]
+    lines: int = request.args["lines"]
+    history = history[-lines:] if lines else []
+    kept = _newest_that_fit([event.to_json() for event in history])
+    follow: bool = request.args["follow"]
+    request.audit["follow"] = follow
+    request.audit["events"] = len(kept)
+    result: dict[str, Any] = {
+        "domain": shown.domain,
+        "events": kept,
+        "truncated": len(kept) < len(history),
+        "follow": follow,
+    }
+    if target is None:
+        visible = api.authorizer.visible_domains(caller, names.values())
+        result["withheld"] = sorted(
+            name
+            for name in visible
+            if api.authorizer.may_see_events(caller, name, confirmed=True)
+            and not shown.allows(name)
+        )
+    if follow:
+        follower = api.events.follow()
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await run_events_session(follower, shown, reader, writer)
+
+        return ReplyThenSession(result, session)
+    return result
