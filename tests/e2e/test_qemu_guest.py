@@ -9,10 +9,15 @@ running ``vpsshell`` in a pty.
 
 Events are asserted twice: as the notices an attached console shows (``[vpsshell: NAME
 started]``...) and as the helper's log lines (``event: kvm/NAME rebooted (reboot)``).
+
+First, before any helper runs, the backend contract (tests/backend_contract.py) checks the
+libvirt backend itself on the same two hosts: the real guest on ``kvm``, the test driver's
+domains on ``lab``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from backend_contract import CHECKS, Console, Domain, NotApplicable, Profile, run_check
 from guest_image import PROMPT, READY_LINE, build_guest, find_kernel
 from harness import BIN, Helper, is_root, run, wait_until
 
@@ -157,6 +163,55 @@ def guest(libvirtd: Libvirtd) -> Iterator[str]:
         _remove_domain(conn, GUEST)
         conn.close()
     shutil.rmtree(images, ignore_errors=True)
+
+
+def qemu_profile() -> Profile:
+    """The libvirt backend as the helper below uses it, for the backend contract."""
+
+    async def domain_id(name: str) -> str | None:
+        def ask() -> str:
+            conn = libvirt.open(SYSTEM)
+            try:
+                return str(conn.lookupByName(name).ID())
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(ask)
+
+    return Profile(
+        name="libvirt with QEMU",
+        table={
+            "type": "libvirt",
+            "timeout_seconds": 10,
+            "hosts": [
+                {"name": "kvm", "uri": SYSTEM},
+                {"name": "lab", "uri": f"test://{FIXTURES / 'node1.xml'}"},
+            ],
+        },
+        domains=(
+            Domain(GUEST, 1, 192, "kvm"),
+            Domain("web1", 1, 512, "lab"),
+            Domain("web2", 2, 1024, "lab"),
+        ),
+        boot_seconds=BOOT_SECONDS,
+        poll_seconds=0.2,
+        console=Console(
+            wake=b"\r",
+            prompt=PROMPT.encode(),
+            command=b"echo MARK-$((6*7))\r",
+            answer=b"MARK-42",
+            ends_with_domain=True,
+        ),
+        numeric_id=domain_id,
+    )
+
+
+@pytest.mark.parametrize("check", list(CHECKS))
+def test_backend_contract_on_a_real_guest(check: str, guest: str, tmp_path: Path) -> None:
+    try:
+        asyncio.run(run_check(qemu_profile(), check, str(tmp_path / "state")))
+    except NotApplicable as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
