@@ -284,7 +284,8 @@ def _raise_open_files() -> None:
 
 
 def _open_many(path: str, count: int, threads: int, tally: Tally) -> list[socket.socket]:
-    """``count`` blocking connect()s on ``threads`` threads at once; the sockets that got in."""
+    """``count`` connect()s on ``threads`` threads at once; the sockets that got in (with a
+    socket timeout, as ``vpsshell`` connects: those that find the backlog full fail)."""
     opened: list[socket.socket] = []
     lock = threading.Lock()
 
@@ -333,6 +334,8 @@ def attack_burst(path: str, deadline: float, tally: Tally, threads: int) -> None
 
 
 def attack_connect_loop(path: str, deadline: float, tally: Tally, threads: int) -> None:
+    """Bare connect() and close() as fast as possible (a blocking connect: on a full backlog it
+    waits for room, so this goes exactly as fast as the helper accepts)."""
     done = failed = 0
     while True:
         for _ in range(64):
@@ -941,7 +944,7 @@ def coordinate(args: argparse.Namespace) -> int:
         result["in_helper"] = handler_times(records, victim_uids, *result["wall_window"])
         if result["user"]:
             result["audit"] = audit_of(records, uids[result["user"]])
-    report(results, args)
+    report(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     if profile:
@@ -959,7 +962,7 @@ def _p99(measure: dict[str, Any]) -> str:
     return f"{measure['p99']:6.2f}" if "p99" in measure else "     -"
 
 
-def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def report(results: list[dict[str, Any]]) -> None:
     print()
     print("victims' status latency in ms; control = the same probe to an unflooded null server")
     print("on an open connection:")
