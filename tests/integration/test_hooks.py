@@ -147,4 +147,6 @@ def test_a_group_writable_hook_is_skipped_and_logged_once(hooked: Helper, open_d
     )
     assert not bad_out.exists()
     log = hooked.log.read_text()
-    assert log.count("10-open: group- or world-writable (mode 0775); skipped") == 1, log
+    assert (
+        log.count("10-open: group- or world-writable (mode 0775); run chmod go-w; skipped") == 1
+    ), log

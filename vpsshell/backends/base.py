@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from vpsshell.checks import HOST_LABEL_MAX, HOST_LABEL_PATTERN, is_host_label
+
 logger = logging.getLogger("vpsshell.backend")
 
 
@@ -59,6 +61,16 @@ def check_timeout(table: dict[str, Any], default: float, low: float, high: float
             f"got {timeout!r}"
         )
     return float(timeout)
+
+
+def check_host_label(where: str, value: Any) -> str:
+    """A host label from the backend's config (the HOST column tenants see)."""
+    if not is_host_label(value):
+        raise BackendConfigError(
+            f"{where}: must be a host label matching {HOST_LABEL_PATTERN} "
+            f"(at most {HOST_LABEL_MAX} characters), got {value!r}"
+        )
+    return value
 
 
 class DomainState(str, Enum):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,16 +33,13 @@ from vpsshell.backends.libvirt_config import LibvirtConfig, parse_libvirt_config
 from vpsshell.backends.libvirt_console import LibvirtConsoleStream
 from vpsshell.backends.libvirt_host import LibvirtHost, RawEvent, ensure_event_loop
 from vpsshell.backends.libvirt_uptime import UptimeBook
+from vpsshell.checks import is_offered_domain_name, is_sysrq_key, is_uuid
 from vpsshell.errors import ActionFailed, TemporaryFailure, VpsError, not_found_or_denied
 
 logger = logging.getLogger("vpsshell.libvirt")
 
 T = TypeVar("T")
 
-# The helper's own rule for domain names (daemon/api.py); others cannot be asked for anyway.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_SYSRQ_KEY_RE = re.compile(r"[0-9a-z]\Z")
 REBOOT_COALESCE_SECONDS = 3.0  # QEMU reports one reboot as two RESETs in quick succession
 OWN_ACTION_SECONDS = 60.0  # a reboot event this soon after our reboot/reset/sysrq names it
 
@@ -63,58 +59,27 @@ _UP = frozenset(
 
 # (libvirt event, detail) -> (LifecycleEvent kind, detail); None as detail: any other detail;
 # None as the value: no tenant-visible event.
+_STARTED, _STOPPED = libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STOPPED
+_SHUTDOWN, _CRASHED = libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_CRASHED
 _LIFECYCLE: dict[tuple[int, int | None], tuple[str, str] | None] = {
-    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED): ("started", ""),
-    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED): (
-        "migrated",
-        "in",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED): (
-        "started",
-        "restored",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT): (
-        "started",
-        "snapshot",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STARTED, None): ("started", ""),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN): (
-        "stopped",
-        "shutdown",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED): (
-        "stopped",
-        "destroyed",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): (
-        "stopped",
-        "crashed",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): (
-        "migrated",
-        "out",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED): (
-        "stopped",
-        "saved",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED): (
-        "stopped",
-        "failed",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_STOPPED, None): ("stopped", ""),
-    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST): (
-        "shutdown",
-        "guest",
-    ),
+    (_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_BOOTED): ("started", ""),
+    (_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED): ("migrated", "in"),
+    (_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED): ("started", "restored"),
+    (_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_FROM_SNAPSHOT): ("started", "snapshot"),
+    (_STARTED, None): ("started", ""),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN): ("stopped", "shutdown"),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED): ("stopped", "destroyed"),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED): ("stopped", "crashed"),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): ("migrated", "out"),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED): ("stopped", "saved"),
+    (_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED): ("stopped", "failed"),
+    (_STOPPED, None): ("stopped", ""),
+    (_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST): ("shutdown", "guest"),
     # QEMU killed by a signal (a destroy, which says so itself as "stopped destroyed")
-    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST): None,
-    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, None): ("shutdown", ""),
-    (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED): (
-        "crashed",
-        "panicked",
-    ),
-    (libvirt.VIR_DOMAIN_EVENT_CRASHED, None): ("crashed", ""),
+    (_SHUTDOWN, libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST): None,
+    (_SHUTDOWN, None): ("shutdown", ""),
+    (_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED): ("crashed", "panicked"),
+    (_CRASHED, None): ("crashed", ""),
 }
 
 # Linux input keycodes (linux/input-event-codes.h) for send-key Alt+SysRq+KEY.
@@ -209,10 +174,6 @@ def _require_running(dom: Any) -> None:
         raise _refuse(dom, f"is not running ({state.value})")
 
 
-def _usable_name(name: str) -> bool:
-    return bool(_NAME_RE.match(name)) and not name.isdigit()
-
-
 class LibvirtBackend(Backend):
     """Domains of several libvirt connections, resolved by name, acted on by UUID."""
 
@@ -283,7 +244,7 @@ class LibvirtBackend(Backend):
         ]
 
     async def lookup(self, name: str) -> DomainInfo | None:
-        if not _usable_name(name):
+        if not is_offered_domain_name(name):
             return None  # never a numeric id, never a name the helper would not accept
         answers = await asyncio.gather(
             *(host.call(lambda conn: _by_name(conn, name), "lookup") for host in self.hosts),
@@ -364,7 +325,7 @@ class LibvirtBackend(Backend):
         await self._on_domain(uuid, "reset", reset, own_action="reset")
 
     async def sysrq(self, uuid: str, key: str) -> None:
-        if not _SYSRQ_KEY_RE.match(key):
+        if not is_sysrq_key(key):
             raise ActionFailed(f"{key!r} is not a SysRq key (one of 0-9 or a-z)")
         keys = [KEY_LEFTALT, KEY_SYSRQ, _SYSRQ_KEYCODES[key]]
 
@@ -401,7 +362,7 @@ class LibvirtBackend(Backend):
     ) -> tuple[LibvirtHost, T]:
         """Run ``work(domain)`` on the domain's host, the domain looked up by UUID; returns
         the host and what ``work`` returned."""
-        if not _UUID_RE.match(uuid):
+        if not is_uuid(uuid):
             raise not_found_or_denied(uuid)
         host = self._where.get(uuid) or await self._find_host(uuid)
         for attempt in (1, 2):
@@ -493,7 +454,7 @@ class LibvirtBackend(Backend):
         )
 
     def _usable(self, host: LibvirtHost, name: str) -> bool:
-        if _usable_name(name):
+        if is_offered_domain_name(name):
             return True
         if (host.name, name) not in self._unusable:
             self._unusable.add((host.name, name))

@@ -13,14 +13,13 @@ from typing import Any
 from vpsshell.backends.base import (
     BackendConfigError,
     check_backend_table,
+    check_host_label,
     check_table,
     check_timeout,
 )
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 _TIMEOUT_RANGE = (0.1, 300.0)
-_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_HOST_MAX = 253
 _URI_MAX = 1024
 # scheme "://" then anything printable without spaces: libvirt parses the rest itself
 _URI_RE = re.compile(r"[a-z][a-z0-9+.-]*://[\x21-\x7e]*")
@@ -72,11 +71,7 @@ def _parse_host(where: str, entry: Any) -> HostConfig:
     if missing:
         raise BackendConfigError(f"{where}: missing {', '.join(missing)}")
     name, uri = entry["name"], entry["uri"]
-    if not isinstance(name, str) or not _HOST_RE.fullmatch(name) or len(name) > _HOST_MAX:
-        raise BackendConfigError(
-            f"{where}.name: must be a host label matching {_HOST_RE.pattern} "
-            f"(at most {_HOST_MAX} characters), got {name!r}"
-        )
+    check_host_label(f"{where}.name", name)
     if not isinstance(uri, str) or len(uri) > _URI_MAX or not _URI_RE.fullmatch(uri):
         raise BackendConfigError(
             f"{where}.uri: must be a libvirt URI such as qemu:///system, xen:///system, "

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import time
 import uuid as uuidlib
@@ -36,10 +35,18 @@ from vpsshell.backends.base import (
     DomainState,
     LifecycleEvent,
     check_backend_table,
+    check_host_label,
     check_table,
 )
 from vpsshell.backends.output_buffer import OutputBuffer
 from vpsshell.backends.sim_guest import SimGuest
+from vpsshell.checks import (
+    DOMAIN_NAME_MAX,
+    HOST_LABEL_PATTERN,
+    is_domain_name,
+    is_sysrq_key,
+    is_uuid,
+)
 from vpsshell.errors import ActionFailed, not_found_or_denied
 
 logger = logging.getLogger("vpsshell.sim")
@@ -51,11 +58,6 @@ CONSOLE_BUFFER_BYTES = 1 << 20  # pending output per stream before its oldest ch
 # Default domain UUIDs are uuid5(this namespace, name): stable across restarts and hosts.
 SIM_UUID_NAMESPACE = uuidlib.UUID("6f1d6a1e-4a36-5c7e-9d0b-7673707368c1")
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_NAME_MAX = 64
-_HOST_MAX = 253
-_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_SYSRQ_KEY_RE = re.compile(r"[0-9a-z]")
 _VCPUS_MAX = 512
 _MEMORY_MIB_MAX = 4 * 1024 * 1024  # 4 TiB
 _SECONDS_MAX = 600.0
@@ -88,12 +90,7 @@ class SimDomainConfig:
 def parse_sim_config(table: dict[str, Any]) -> tuple[str, list[SimDomainConfig]]:
     """Validate the ``[backend]`` table of a sim backend: (host label, domains)."""
     check_backend_table(table, "sim", _TABLE_KEYS, type_optional=True)
-    host = table.get("host", os.uname().nodename)
-    if not isinstance(host, str) or not _NAME_RE.fullmatch(host) or len(host) > _HOST_MAX:
-        raise BackendConfigError(
-            f"backend.host: must be a host label matching {_NAME_RE.pattern} "
-            f"(at most {_HOST_MAX} characters), got {host!r}"
-        )
+    host = check_host_label("backend.host", table.get("host", os.uname().nodename))
     entries = table.get("domains", [])
     if not isinstance(entries, list):
         raise BackendConfigError("backend.domains: must be an array of tables")
@@ -129,9 +126,9 @@ def _parse_domain(where: str, entry: Any) -> SimDomainConfig:
     if missing:
         raise BackendConfigError(f"{where}: missing {', '.join(missing)}")
     name = entry["name"]
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or len(name) > _NAME_MAX:
+    if not is_domain_name(name):
         raise BackendConfigError(
-            f"{where}.name: must match {_NAME_RE.pattern} and be at most {_NAME_MAX} "
+            f"{where}.name: must match {HOST_LABEL_PATTERN} and be at most {DOMAIN_NAME_MAX} "
             f"characters, got {name!r}"
         )
     if name.isdigit():
@@ -142,7 +139,7 @@ def _parse_domain(where: str, entry: Any) -> SimDomainConfig:
     raw_uuid = entry.get("uuid")
     if raw_uuid is None:
         domain_uuid = str(uuidlib.uuid5(SIM_UUID_NAMESPACE, name))
-    elif isinstance(raw_uuid, str) and _UUID_RE.fullmatch(raw_uuid.lower()):
+    elif isinstance(raw_uuid, str) and is_uuid(raw_uuid.lower()):
         domain_uuid = raw_uuid.lower()
     else:
         raise BackendConfigError(
@@ -381,7 +378,7 @@ class SimBackend(Backend):
 
     async def sysrq(self, uuid: str, key: str) -> None:
         domain = self._get(uuid)
-        if not _SYSRQ_KEY_RE.fullmatch(key):
+        if not is_sysrq_key(key):
             raise ActionFailed(f"{key!r} is not a SysRq key (one of 0-9 or a-z)")
         self._require_running(domain)
         domain.guest.sysrq(key)

@@ -1,7 +1,8 @@
 """The ``xen`` backend: domains of a Xen dom0, driven with ``xl``, watched through XenStore.
 
 Domains are what ``xl list`` shows (Domain-0 excepted) plus the admin's domain config files
-``domain_config_dir/NAME.cfg`` for those that are not running. Each is tracked by UUID: the
+``domain_config_dir/NAME.cfg`` for those that are not running (only files, in a directory, that
+pass the trusted-file rule of ``vpsshell.checks``). Each is tracked by UUID: the
 running domain's, or for a file the ``uuid`` it sets, or else one derived from its name
 (uuid5), which ``start`` passes to ``xl create`` so that the domain keeps it. A name is resolved
 per request; an action then re-reads ``xl list -v`` and acts on the numeric domain id that this
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -49,8 +49,6 @@ from vpsshell.backends.xen_console import (
 from vpsshell.backends.xen_events import Change, EventTracker, current_rows
 from vpsshell.backends.xen_store import XenStore, XenStoreUnavailable
 from vpsshell.backends.xen_xl import (
-    SYSRQ_KEY_RE,
-    UUID_RE,
     DomainConfigFile,
     DomainFacts,
     ResolvedDomain,
@@ -67,6 +65,7 @@ from vpsshell.backends.xen_xl import (
     run_xl,
     usable_name,
 )
+from vpsshell.checks import helper_trusted_uids, is_sysrq_key, is_uuid, trusted_file_problem
 from vpsshell.errors import ActionFailed, TemporaryFailure, VpsError, not_found_or_denied
 
 logger = logging.getLogger("vpsshell.xen")
@@ -191,7 +190,7 @@ class XenBackend(Backend):
         return self._info(entry) if entry is not None else None
 
     async def info(self, uuid: str) -> DomainInfo:
-        if not UUID_RE.match(uuid):
+        if not is_uuid(uuid):
             raise not_found_or_denied(uuid)
         entry = (await self._snapshot(INFO_MAX_AGE)).by_uuid.get(uuid)
         if entry is None:
@@ -271,7 +270,7 @@ class XenBackend(Backend):
             self._changed()
 
     async def sysrq(self, uuid: str, key: str) -> None:
-        if not SYSRQ_KEY_RE.match(key):
+        if not is_sysrq_key(key):
             raise ActionFailed(f"{key!r} is not a SysRq key (one of 0-9 or a-z)")
         entry = await self._target(uuid)
         domain = await self._running(entry)
@@ -279,7 +278,7 @@ class XenBackend(Backend):
         await self._act(self.xl.sysrq(domain, key), entry, "sysrq")
 
     async def open_console(self, uuid: str) -> ConsoleStream:
-        if not UUID_RE.match(uuid):
+        if not is_uuid(uuid):
             raise not_found_or_denied(uuid)
         entry = (await self._snapshot(CONSOLE_MAX_AGE)).by_uuid.get(uuid)
         if entry is None:
@@ -305,7 +304,7 @@ class XenBackend(Backend):
 
     async def _target(self, uuid: str) -> _Entry:
         """The domain with this UUID, from a scan begun after the request."""
-        if not UUID_RE.match(uuid):
+        if not is_uuid(uuid):
             raise not_found_or_denied(uuid)
         entry = (await self._snapshot(0)).by_uuid.get(uuid)
         if entry is None:
@@ -537,17 +536,19 @@ class XenBackend(Backend):
         """``DIR/NAME.cfg`` files that may be used: (file, stat key, text) by name. On a
         worker thread (directory scan and small reads)."""
         directory = self.config.domain_config_dir
+        trusted_uids = helper_trusted_uids()
         try:
-            dir_stat = os.stat(directory)
+            dir_stat = os.stat(directory)  # named by root's config: may be reached by a link
         except OSError as exc:
             self._report_once("dir", "domain_config_dir %s: %s", directory, exc.strerror)
             return {}
-        if dir_stat.st_uid != 0 or dir_stat.st_mode & 0o022:
+        problem = trusted_file_problem(dir_stat, trusted_uids, directory=True)
+        if problem:
             self._report_once(
                 "dir-mode",
-                "domain_config_dir %s is not root-owned or is group/world-writable: "
-                "no domain is started from it",
+                "domain_config_dir %s is %s: no domain is started from it",
                 directory,
+                problem,
             )
             return {}
         found: dict[str, tuple[DomainConfigFile, tuple[int, ...], str]] = {}
@@ -566,16 +567,13 @@ class XenBackend(Backend):
                     )
                     continue
                 try:
-                    st = os.stat(item.path)
+                    st = os.lstat(item.path)  # a link could lead anywhere: never followed
                 except OSError:
                     continue
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if st.st_uid != 0 or st.st_mode & 0o022:
+                problem = trusted_file_problem(st, trusted_uids)
+                if problem:
                     self._report_once(
-                        f"mode:{name}",
-                        "%s is not offered: it is not root-owned or is group/world-writable",
-                        item.path,
+                        f"mode:{name}", "%s is not offered: it is %s", item.path, problem
                     )
                     continue
                 key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
@@ -588,7 +586,7 @@ class XenBackend(Backend):
                     )
                     continue
                 try:
-                    with open(item.path, "rb") as handle:
+                    with open(item.path, "rb", opener=_open_no_link) as handle:
                         text = handle.read(CONFIG_FILE_MAX_BYTES).decode("utf-8", "replace")
                 except OSError:
                     continue
@@ -807,6 +805,10 @@ class XenBackend(Backend):
         if key not in self._reported:
             self._reported.add(key)
             logger.log(level, message, *args)
+
+
+def _open_no_link(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 def _tail(text: str, lines: int = 3) -> str:

@@ -8,19 +8,21 @@ are only checked for shape (absolute, no ``..``), not for existence.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import BackendConfigError, check_backend_table, check_timeout
+from vpsshell.backends.base import (
+    BackendConfigError,
+    check_backend_table,
+    check_host_label,
+    check_timeout,
+)
 
 DEFAULT_XL = "/usr/sbin/xl"
 DEFAULT_DOMAIN_CONFIG_DIR = "/etc/xen"
 DEFAULT_XENSTORE_SOCKET = "/run/xenstored/socket"
 DEFAULT_TIMEOUT_SECONDS = 30.0
 _TIMEOUT_RANGE = (1.0, 300.0)
-_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
-_HOST_MAX = 253
 _PATH_MAX = 1024
 _TABLE_KEYS = frozenset(
     {"type", "xl", "domain_config_dir", "xenstore_socket", "host", "timeout_seconds"}
@@ -39,12 +41,7 @@ class XenConfig:
 def parse_xen_config(table: dict[str, Any]) -> XenConfig:
     """Validate the ``[backend]`` table of a xen backend."""
     check_backend_table(table, "xen", _TABLE_KEYS)
-    host = table.get("host", os.uname().nodename)
-    if not isinstance(host, str) or not _HOST_RE.fullmatch(host) or len(host) > _HOST_MAX:
-        raise BackendConfigError(
-            f"backend.host: must be a host label matching {_HOST_RE.pattern} "
-            f"(at most {_HOST_MAX} characters), got {host!r}"
-        )
+    host = check_host_label("backend.host", table.get("host", os.uname().nodename))
     timeout = check_timeout(table, DEFAULT_TIMEOUT_SECONDS, *_TIMEOUT_RANGE)
     return XenConfig(
         xl=_absolute_path("backend.xl", table.get("xl", DEFAULT_XL)),

@@ -23,14 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpsshell.backends.base import DomainState
+from vpsshell.checks import UUID_PATTERN, is_offered_domain_name, is_sysrq_key, is_uuid
 
 XL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
 OUTPUT_LIMIT_BYTES = 8 << 20  # more than any xl list of a real host; beyond it, refuse
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
-SYSRQ_KEY_RE = re.compile(r"[0-9a-z]\Z")
 DOMID_MAX = 0x7FEF  # DOMID_FIRST_RESERVED - 1: ids above are Xen's own (DOMID_SELF, ...)
 
 # libxl_shutdown_reason (tools/libs/light/libxl_types.idl); xl list -v prints it in hex.
@@ -49,7 +47,7 @@ CRASH_REASONS = frozenset({CRASH, WATCHDOG})
 
 def usable_name(name: str) -> bool:
     """A name vpsshell offers to tenants: the helper's rule, never all digits (a domain id)."""
-    return bool(NAME_RE.match(name)) and not name.isdigit() and name != "Domain-0"
+    return is_offered_domain_name(name) and name != "Domain-0"
 
 
 # -- what may appear on an xl command line -------------------------------------------------
@@ -68,7 +66,7 @@ class ResolvedDomain:
             raise TypeError(f"domain id must be an int, got {self.domid!r}")
         if not 1 <= self.domid <= DOMID_MAX:  # never Domain-0, never a reserved id
             raise ValueError(f"domain id out of range: {self.domid}")
-        if not isinstance(self.uuid, str) or not UUID_RE.match(self.uuid):
+        if not is_uuid(self.uuid):
             raise ValueError(f"not a UUID: {self.uuid!r}")
 
     @property
@@ -111,7 +109,7 @@ def _config(target: object) -> DomainConfigFile:
 
 
 def _uuid_override(uuid: object) -> str:
-    if not isinstance(uuid, str) or not UUID_RE.match(uuid) or uuid == NIL_UUID:
+    if not is_uuid(uuid) or uuid == NIL_UUID:
         raise ValueError(f"not a UUID: {uuid!r}")
     return f'uuid="{uuid}"'
 
@@ -152,7 +150,7 @@ class XlCommands:
         return [self.xl, "trigger", _domain(domain).arg, "reset"]
 
     def sysrq(self, domain: ResolvedDomain, key: str) -> list[str]:
-        if not isinstance(key, str) or not SYSRQ_KEY_RE.match(key):
+        if not is_sysrq_key(key):
             raise ValueError(f"not a SysRq key: {key!r}")
         return [self.xl, "sysrq", _domain(domain).arg, key]
 
@@ -250,7 +248,7 @@ class VerboseRow:
 _VERBOSE_LINE = re.compile(
     r"(?P<name>.+?)\s+(?P<domid>\d+)\s+(?P<mem>\d+)\s+(?P<vcpus>\d+)\s+"
     r"(?P<flags>[-a-z]{6})\s+(?P<time>\d+(?:\.\d+)?)\s+"
-    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    rf"(?P<uuid>{UUID_PATTERN})"
     r"(?:\s+(?P<reason>-|[0-9a-f]+))?(?:\s+.*)?\Z"
 )
 
@@ -309,7 +307,7 @@ def facts_from_config(config: Any) -> DomainFacts:
     memkb: Any = b_info.get("target_memkb", b_info.get("max_memkb", 0))
     if not isinstance(name, str) or not isinstance(dom_type, str):
         raise XlParseError("domain config has no name")
-    if uuid is not None and (not isinstance(uuid, str) or not UUID_RE.match(uuid.lower())):
+    if uuid is not None and (not isinstance(uuid, str) or not is_uuid(uuid.lower())):
         raise XlParseError(f"domain config has a malformed uuid: {uuid!r}")
     for value in (vcpus, memkb):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -408,7 +406,7 @@ def config_file_uuid(text: str) -> str | None:
         if not _UUID_KEY.match(statement):
             continue
         match = _UUID_STATEMENT.match(statement)
-        if match is None or not UUID_RE.match(match[2].lower()):
+        if match is None or not is_uuid(match[2].lower()):
             raise ValueError(f"unreadable uuid setting: {statement.strip()[:80]!r}")
         found.append(match[2].lower())
     if len(set(found)) > 1:

@@ -17,12 +17,12 @@ from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend
+from vpsshell.checks import is_domain_name
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.consoles import ConsoleManager
 from vpsshell.daemon.operation import Operations, request_id_of
 from vpsshell.daemon.peer import Caller
-from vpsshell.daemon.pipeline import DOMAIN_NAME_RE
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.server import Answer
 from vpsshell.errors import ActionFailed, UsageError, VpsError
@@ -105,7 +105,7 @@ async def op_reload(api: AdminApi, args: dict[str, Any]) -> Any:
 
 def _crash_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
     domain = untrusted.get("domain")
-    return {"domain": domain if isinstance(domain, str) and DOMAIN_NAME_RE.match(domain) else None}
+    return {"domain": domain if is_domain_name(domain) else None}
 
 
 @operation("crash", args=_crash_args, when=lambda backend: hasattr(backend, "inject_crash"))

@@ -25,13 +25,12 @@ import threading
 import time
 from collections.abc import Callable
 
+from vpsshell.checks import UUID_PATTERN, is_uuid
+
 log = logging.getLogger("vpsshell.console")
 
 MAX_READ_BYTES = 4 * 1024 * 1024
-UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
-_UUID_LOG_FILE_RE = re.compile(
-    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.log(?:\.[0-9]+)?\Z"
-)
+_UUID_LOG_FILE_RE = re.compile(rf"({UUID_PATTERN})\.log(?:\.[0-9]+)?\Z")
 _ANY_LOG_FILE_RE = re.compile(r"[^.].*\.log(?:\.[0-9]+)?\Z")
 # After output was left out, the log takes output again once this much budget has come back:
 # during a long flood that is a sample every few seconds, not a note between every two bytes.
@@ -53,7 +52,7 @@ class ConsoleLog:
     ) -> None:
         self.directory = directory
         self.path: str | None = os.path.join(directory, f"{uuid}.log")
-        if not UUID_RE.match(uuid):  # backends give lowercase UUIDs; anything else is not a path
+        if not is_uuid(uuid):  # backends give lowercase UUIDs; anything else is not a path
             log.error("console of domain UUID %r is not logged: not a UUID", uuid[:80])
             self.path = None
         self.max_bytes = max_bytes

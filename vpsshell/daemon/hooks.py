@@ -13,13 +13,13 @@ logged (the audit log is not affected). Kinds not named as a tenant's
 are lifecycle events here, so a kind added later is never tenant noise by mistake.
 
 A hook is trusted code run as root, so only files that only root could have put there run: the
-directory and each file must be owned by root (or by the helper's own user, for an unprivileged
-helper) and not group- or world-writable; files must be regular (no symbolic links) and
-executable, named like ``run-parts`` names (no hidden files, editor backups or package manager
-leftovers). Anything skipped is logged once, with why. A hook gets no tenant string on its
-command line (argv is its absolute path), no shell, a fixed environment, the event as JSON on
-stdin, ``/`` as working directory and a session of its own, whose whole process group is
-killed at the timeout. See vpsshelld(8), "HOOKS".
+directory and each file must pass the one trusted-file rule (``vpsshell.checks``: owned by root,
+or by the helper's own user for an unprivileged helper, not group- or world-writable, a regular
+file and no symbolic link), and files must be executable, named like ``run-parts`` names (no
+hidden files, editor backups or package manager leftovers). Anything skipped is logged once,
+with why. A hook gets no tenant string on its command line (argv is its absolute path), no
+shell, a fixed environment, the event as JSON on stdin, ``/`` as working directory and a
+session of its own, whose whole process group is killed at the timeout. See vpsshelld(8), "HOOKS".
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import logging
 import os
 import re
 import signal
-import stat
 from collections import deque
 
+from vpsshell.checks import helper_trusted_uids, trusted_file_problem
 from vpsshell.daemon.events import CONSOLE_KINDS, Event
 
 log = logging.getLogger("vpsshell.hooks")
@@ -66,25 +66,16 @@ def hook_environment(event: Event) -> dict[str, str]:
     }
 
 
-def _unsafe_owner_or_mode(info: os.stat_result, trusted_uids: frozenset[int]) -> str | None:
-    if info.st_uid not in trusted_uids:
-        return f"owned by uid {info.st_uid}, not root"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"group- or world-writable (mode {stat.S_IMODE(info.st_mode):04o})"
-    return None
-
-
 def directory_problem(directory: str, trusted_uids: frozenset[int]) -> str | None:
     """Why no hook in ``directory`` may run, or None."""
     try:
-        info = os.lstat(directory)
+        info = os.stat(directory)  # named by root's config: it may be reached through a link
     except FileNotFoundError:
         return "does not exist"
     except OSError as exc:
         return exc.strerror or str(exc)
-    if not stat.S_ISDIR(info.st_mode):
-        return "is not a directory"
-    return _unsafe_owner_or_mode(info, trusted_uids)
+    problem = trusted_file_problem(info, trusted_uids, directory=True)
+    return f"is {problem}" if problem else None
 
 
 def skip_reason(name: str, info: os.stat_result, trusted_uids: frozenset[int]) -> str | None:
@@ -93,11 +84,7 @@ def skip_reason(name: str, info: os.stat_result, trusted_uids: frozenset[int]) -
         return "name is not [0-9A-Za-z_][0-9A-Za-z_.-]* (hidden or odd file)"
     if SKIPPED_SUFFIXES.match(name):
         return "backup or package manager file"
-    if stat.S_ISLNK(info.st_mode):
-        return "symbolic link"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    problem = _unsafe_owner_or_mode(info, trusted_uids)
+    problem = trusted_file_problem(info, trusted_uids)
     if problem:
         return problem
     if not info.st_mode & 0o111:
@@ -166,7 +153,7 @@ class HookRunner:
     ) -> None:
         self.directory = directory
         self.timeout = timeout
-        self.trusted_uids = frozenset({0, os.geteuid()}) if trusted_uids is None else trusted_uids
+        self.trusted_uids = helper_trusted_uids() if trusted_uids is None else trusted_uids
         # lifecycle events (the backend's, policy-reloaded) per domain, run first; the events
         # tenants' requests cause per user, bounded per user (see the module docstring)
         self._lifecycle = FairQueue(queue_limit)

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(config_path: str) -> int:
     from vpsshell.backends import BackendConfigError, create_backend
+    from vpsshell.checks import helper_trusted_uids
     from vpsshell.daemon.config import ConfigError, load_config
     from vpsshell.policy import load_policy_dir
 
@@ -47,7 +48,7 @@ def _check(config_path: str) -> int:
     except (ConfigError, BackendConfigError) as exc:
         print(f"vpsshelld: {exc}", file=sys.stderr)
         return 1
-    policy = load_policy_dir(config.policy_dir, trusted_uids=frozenset({0, os.geteuid()}))
+    policy = load_policy_dir(config.policy_dir, trusted_uids=helper_trusted_uids())
     for error in policy.errors:
         print(f"{os.path.join(config.policy_dir, '')}{error}", file=sys.stderr)
     if policy.errors:

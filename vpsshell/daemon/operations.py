@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from vpsshell import __version__, protocol
 from vpsshell.backends.base import Backend, DomainInfo, DomainState
+from vpsshell.checks import is_sysrq_key
 from vpsshell.daemon.authorization import Authorizer
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.console_session import run_console_session
@@ -289,10 +290,10 @@ async def op_log(api: TenantServices, request: Request, target: Target | None) -
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
     refuse_unknown(untrusted, {"domain", "key"})
-    key = untrusted.get("key")
-    if not isinstance(key, str) or len(key) != 1 or not ("a" <= key <= "z" or "0" <= key <= "9"):
+    untrusted_key = untrusted.get("key")
+    if not is_sysrq_key(untrusted_key):
         raise UsageError("key: expected one of 0-9 or a-z")
-    return {"key": key}
+    return {"key": untrusted_key}
 
 
 @operation("sysrq", action="sysrq", domain="required", args=_sysrq_args)

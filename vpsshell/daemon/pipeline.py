@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend
+from vpsshell.checks import is_domain_name
 from vpsshell.daemon.accounts import AccountChecker
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.authorization import Authorizer
@@ -43,7 +43,6 @@ from vpsshell.errors import TemporaryFailure, UsageError, VpsError
 
 log = logging.getLogger("vpsshell.api")
 
-DOMAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 PASSWORD_MAX_CHARS = 512
 RATE_LIMITED_DELAY_MAX_SECONDS = 1.0  # a request over budget waits this long for its refusal
 # actions that change a domain: refused while the audit log cannot be written (fail closed)
@@ -209,7 +208,7 @@ class TenantApi:
         if operation.domain == "required" or (
             operation.domain == "optional" and untrusted_domain is not None
         ):
-            if not isinstance(untrusted_domain, str) or not DOMAIN_NAME_RE.match(untrusted_domain):
+            if not is_domain_name(untrusted_domain):
                 audit["domain"] = repr(untrusted_domain)[:80]
                 raise UsageError("invalid domain name")
             domain = untrusted_domain

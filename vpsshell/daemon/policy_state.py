@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 
+from vpsshell.checks import helper_trusted_uids
 from vpsshell.policy import Policy, dir_fingerprint, load_policy_dir
 
 log = logging.getLogger("vpsshell.policy")
@@ -22,7 +22,7 @@ log = logging.getLogger("vpsshell.policy")
 class PolicyState:
     def __init__(self, policy_dir: str, on_reload: Callable[[Policy], None] | None = None) -> None:
         self.policy_dir = policy_dir
-        self.trusted_uids = frozenset({0, os.geteuid()})
+        self.trusted_uids = helper_trusted_uids()
         self.policy: Policy = Policy.from_texts({})
         self._fingerprint: object = None
         self.on_reload = on_reload

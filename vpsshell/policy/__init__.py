@@ -2,8 +2,10 @@
 
 A pure package: it parses policy text, loads a policy directory with ownership and mode
 checks, and answers ``decide``/``explain``/``visible_domains`` for identities its caller has
-already verified. It must never import the rest of vpsshell, look up users or groups itself,
-or import anything but the standard library (the daemon imports it at every start).
+already verified. It must never import the rest of vpsshell (``vpsshell.checks``, the one
+dependency-free module of checks that every part shares, is the single exception), look up
+users or groups itself, or import anything but the standard library (the daemon imports it at
+every start).
 """
 
 from .engine import Policy, parse_policy

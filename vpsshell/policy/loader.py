@@ -1,10 +1,11 @@
 """Load a policy directory (``/etc/vpsshell/policy.d``) safely, and fingerprint it for reloads.
 
 Only files named like ``10-tenants.policy`` (POLICY_FILE_RE, not hidden) are read, in sorted
-name order; editor backups and package-manager leftovers are ignored. Every file read must be a
-regular file (opened with O_NOFOLLOW and checked with fstat on the open descriptor, so a swap
-between check and read cannot slip in) owned by a trusted uid and not writable by group or
-others; the directory likewise. Any violation is an error that makes the whole policy deny
+name order; editor backups and package-manager leftovers are ignored. Every file read, and the
+directory, must pass the one trusted-file rule (``vpsshell.checks``, the only module of vpsshell
+that policy/ imports): a regular file (opened with O_NOFOLLOW and checked with fstat on the open
+descriptor, so a swap between check and read cannot slip in) owned by a trusted uid and not
+writable by group or others. Any violation is an error that makes the whole policy deny
 everything. This module must never follow a symlink to a policy file, block on a FIFO, read an
 unbounded amount of data, or raise on a bad directory.
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 from collections.abc import Mapping
+
+from vpsshell.checks import trusted_kind_problem, trusted_owner_problem
 
 from .engine import Policy
 from .model import MAX_FILE_BYTES, MAX_FILES, MAX_TOTAL_BYTES, PolicyError
@@ -36,20 +38,9 @@ def is_policy_file_name(name: str) -> bool:
     return not name.startswith(".") and POLICY_FILE_RE.match(name) is not None
 
 
-def _describe_uids(uids: frozenset[int]) -> str:
-    return ", ".join(str(uid) for uid in sorted(uids)) or "none"
-
-
 def _ownership_problem(st: os.stat_result, trusted_uids: frozenset[int], what: str) -> str | None:
-    if st.st_uid not in trusted_uids:
-        return (
-            f"{what} is owned by uid {st.st_uid}, not by a trusted uid "
-            f"({_describe_uids(trusted_uids)})"
-        )
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        mode = stat.S_IMODE(st.st_mode)
-        return f"{what} is group- or world-writable (mode {mode:04o}); run chmod go-w"
-    return None
+    problem = trusted_owner_problem(st, trusted_uids)
+    return f"{what} is {problem}" if problem else None
 
 
 def _read_file(
@@ -64,8 +55,9 @@ def _read_file(
         return None, f"cannot open: {exc.strerror}"
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, "is not a regular file"
+        kind_problem = trusted_kind_problem(st)
+        if kind_problem:
+            return None, f"is {kind_problem}"
         problem = _ownership_problem(st, trusted_uids, "file")
         if problem:
             return None, problem

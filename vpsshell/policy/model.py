@@ -2,8 +2,9 @@
 
 Everything else in ``vpsshell.policy`` is written in terms of these types, and the daemon reads
 decisions through them. This module holds data and small pure predicates only: it must never
-read files, look up users or groups, or import anything outside the standard library, so that
-the engine stays testable from strings and cheap to import.
+read files, look up users or groups, or import anything outside the standard library but
+``vpsshell.checks`` (itself standard library only), where the domain-name rule is written once
+for every part of vpsshell; so the engine stays testable from strings and cheap to import.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# the rule for the domain names rules may name is the one every part of vpsshell uses
+from vpsshell.checks import is_domain_name as is_domain_name
 
 #: The closed list of actions a rule can grant or deny (design.md, "Policy").
 ACTIONS: tuple[str, ...] = (
@@ -71,14 +75,8 @@ MAX_EXPANSION_WORK = 10 * MAX_RULES
 MAX_ERRORS = 100
 MAX_REASON_CHARS = 200
 
-DOMAIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 SUBJECT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,255}\$?")
 SET_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
-
-def is_domain_name(name: str) -> bool:
-    """True if ``name`` is a syntactically valid domain name (at most 64 characters)."""
-    return DOMAIN_RE.fullmatch(name) is not None
 
 
 class PolicyError(Exception):
