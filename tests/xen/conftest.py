@@ -2,7 +2,7 @@
 
 Tests marked ``xenlab`` run only with ``VPSSHELL_XENLAB=1``, which ``run-tests`` sets as root
 when the machine can run the lab (``lab.preflight``: QEMU and the build tools, 3 GiB of free
-memory): the lab is slow and heavy (QEMU TCG, about 2.2 GB of memory, about 4 minutes). The
+memory): the lab is slow and heavy (QEMU TCG, about 2.2 GB of memory, about 5 minutes). The
 other tests in this directory are fast unit tests and always run.
 
 The ``xenlab`` session fixture, once per run:
