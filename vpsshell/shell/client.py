@@ -9,6 +9,7 @@ with the interactive shell's background watch, which speaks the same protocol on
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -55,12 +56,18 @@ class HelperClient:
         if self._sock is not None:
             return self._sock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(CONNECT_TIMEOUT_SECONDS)
+        # Blocking, bounded by SO_SNDTIMEO: while another tenant floods the helper its listen
+        # queue is full, and a blocking connect() waits its turn in the kernel. With
+        # settimeout() Python would connect non-blocking, and a full queue fails at once.
+        seconds = int(CONNECT_TIMEOUT_SECONDS)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", seconds, 0))
         try:
             sock.connect(self.path)
         except OSError as exc:
             sock.close()
             raise unreachable(self.path, exc) from None
+        # the bound was for connecting: a console's writes may wait for the helper much longer
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 0))
         self._sock = sock
         return sock
 
