@@ -128,6 +128,19 @@ def locked(path: Path, what: str, wait: bool = True) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def remove_tree(path: Path) -> None:
+    """Remove ``path``, first unmounting what an interrupted build left mounted below it (else
+    removing it would reach through a bind mount into the download cache)."""
+    below = str(path.resolve()) + "/"
+    mounted = [
+        line.split()[1].replace("\\040", " ")
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+    ]
+    for point in sorted((m for m in mounted if m.startswith(below)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def keep_newest(directory: Path, prefix: str, keep: int) -> None:
     """Remove all but the ``keep`` most recently used cache entries named ``prefix*``."""
     entries = sorted(
@@ -137,4 +150,4 @@ def keep_newest(directory: Path, prefix: str, keep: int) -> None:
     )
     for old in entries[keep:]:
         log(f"removing old cache entry {old.name}")
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old)

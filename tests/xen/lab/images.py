@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import debian
-from .host import CACHE, digest, files_digest, keep_newest, locked, log, run
+from .host import CACHE, digest, files_digest, keep_newest, locked, log, remove_tree, run
 
 HERE = Path(__file__).resolve().parent
 FILES = HERE / "files"
@@ -116,7 +116,7 @@ def _cached(name: str, build: Callable[[Path], None], what: str) -> Path:
         os.utime(final)  # recently used: kept by keep_newest
         return final
     partial = CACHE / f"partial-{name}"
-    shutil.rmtree(partial, ignore_errors=True)
+    remove_tree(partial)
     partial.mkdir()
     began = time.monotonic()
     log(f"building the {what} in {partial}")
