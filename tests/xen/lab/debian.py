@@ -1,7 +1,7 @@
 """What the Xen lab takes from Debian: a bookworm root file system for dom0 with the Xen tools
 installed, Debian's kernel (for dom0 and the guests) and the Xen hypervisor of the same version.
 
-This is the slow first stage of the build (debootstrap, apt; about two minutes and 150 MB of
+This is the slow first stage of the build (debootstrap, apt; about a minute and 150 MB of
 downloads the first time), cached in ``CACHE/base-KEY`` where KEY hashes this file: changing a
 package list here rebuilds it, changing the lab's configuration (images.py, files/) does not.
 Downloaded packages are kept in ``CACHE/debs`` for the next rebuild.

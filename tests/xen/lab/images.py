@@ -14,7 +14,7 @@ The guest (domU) is Debian's kernel as a gzip'd ELF (libxc would otherwise xz-de
 bzImage in dom0 on every ``xl create``, about 10 s under TCG) and a busybox initramfs made of
 ``files/domu/``. Images are cached in ``CACHE/images-KEY``, KEY hashing the base's key, this
 file and everything under ``files/``: any change to the lab's configuration rebuilds them
-(about 20 s), a change to its packages rebuilds the base first. Builds take a lock, so
+(a few seconds), a change to its packages rebuilds the base first. Builds take a lock, so
 concurrent runs build once. This module never boots anything (machine.py does).
 """
 
