@@ -12,7 +12,8 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ``vpsshell -c`` (sysexits)."""
+    """Exit codes of ``vpsshell -c`` (sysexits), and the status of a line in the interactive
+    shell; ``vpsshell.shell.outcome`` decides which one an outcome gets."""
 
     OK = 0
     FAILED = 1  # the action ran and failed
@@ -20,7 +21,7 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 69  # EX_UNAVAILABLE: the helper is unreachable
     TEMPORARY = 75  # EX_TEMPFAIL: rate-limited, busy, timed out
     DENIED = 77  # EX_NOPERM: denied, or no such domain
-    INTERRUPTED = 130  # Ctrl-C during a command (128 + SIGINT, as shells report it)
+    INTERRUPTED = 130  # Ctrl-C during a command, both modes (128 + SIGINT, as shells report it)
 
 
 class VpsError(Exception):

@@ -10,6 +10,7 @@ from pathlib import Path
 from harness import Helper, python_as, run, start_and_wait, wait_until
 
 from vpsshell import protocol
+from vpsshell.shell.outcome import INTERRUPTED
 
 
 def connect(helper: Helper) -> socket.socket:
@@ -221,7 +222,7 @@ def test_ctrl_c_during_a_wait_exits_130_without_a_traceback(helper: Helper) -> N
     waiting.send_signal(signal.SIGINT)
     out, err = waiting.communicate(timeout=20)
     assert waiting.returncode == 130, (out, err)
-    assert err.strip().splitlines()[-1] == "vpsshell: interrupted", err
+    assert err.strip().splitlines()[-1] == f"vpsshell: {INTERRUPTED}", err
     assert "Traceback" not in err
     assert run("vpst-alice", helper, "status stubborn --json").json()["state"] == "shutting-down"
     wait_until(lambda: [e for e in helper.audit() if e.get("result") == "cancelled"], 20, "audited")

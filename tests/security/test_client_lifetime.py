@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from sshclient import SFTP_SERVER, SSHD, SshConnection  # noqa: E402
 from sshsite import ALICE, LOCK, SSH_GROUP, SSH_POLICY, SshSite, build_site, exclusive  # noqa: E402
 
+from vpsshell.shell.outcome import INTERRUPTED  # noqa: E402
+
 TENANT = "vpst-alice"
 GUEST_PROMPT = "root@web1:~$ "
 
@@ -382,7 +384,7 @@ def test_ctrl_c_stops_a_wait_although_sigint_was_ignored_at_start(helper: Helper
     waiting.send_signal(signal.SIGINT)
     code, err = ended(waiting, 20)
     assert code == 130, err
-    assert err.strip().splitlines()[-1] == "vpsshell: interrupted", err
+    assert err.strip().splitlines()[-1] == f"vpsshell: {INTERRUPTED}", err
     wait_until(lambda: [e for e in helper.audit() if e.get("result") == "cancelled"], 20, "audited")
 
 

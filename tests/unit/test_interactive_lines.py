@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from vpsshell.errors import ExitCode
+from vpsshell.errors import Denied, ExitCode
 from vpsshell.shell.environment import Environment
 from vpsshell.shell.interactive import MAX_INPUT_LINE, _read_line, run_line
+from vpsshell.shell.outcome import INTERRUPTED
 from vpsshell.shell.session import Session
 
 
@@ -42,9 +43,10 @@ def sigint_ignored() -> Iterator[None]:
 
 
 def test_ctrl_c_while_waiting_returns_to_the_prompt() -> None:
+    """The same status and line as ``vpsshell -c`` (130), and the shell goes on."""
     session = FakeHelperSession(KeyboardInterrupt())
-    assert run_line(session, "shutdown web1 --wait") == (ExitCode.TEMPORARY, False)
-    assert "interrupted" in session.err.getvalue()
+    assert run_line(session, "shutdown web1 --wait") == (ExitCode.INTERRUPTED, False)
+    assert session.err.getvalue() == f"vpsshell: {INTERRUPTED}\n"
     assert session.closed == 1  # the connection with the unanswered request is gone
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # and Ctrl-C is disarmed again
 
@@ -53,6 +55,13 @@ def test_a_bug_is_one_line_not_a_traceback() -> None:
     session = FakeHelperSession("not a domain")
     assert run_line(session, "status web1") == (ExitCode.FAILED, False)
     assert session.err.getvalue().startswith("vpsshell: internal error: AttributeError")
+    assert session.err.getvalue().count("\n") == 1
+
+
+def test_a_helper_error_is_its_line_and_its_code() -> None:
+    session = FakeHelperSession(Denied("web9: no such domain or permission denied"))
+    assert run_line(session, "start web9") == (ExitCode.DENIED, False)
+    assert session.err.getvalue() == "vpsshell: web9: no such domain or permission denied\n"
 
 
 def test_exit_ends_the_session() -> None:

@@ -16,7 +16,7 @@ process exits, so a writer's slot is free for the next attach at once):
   client went away), seen by ``poll`` or as EPIPE/EIO on a write; at once (exit 0);
 - SIGHUP, SIGTERM or SIGQUIT: detach, restore the terminal, then the signal takes its course;
   SIGINT (only a ``kill``: in raw mode Ctrl-C is a byte for the guest): detach, exit 130;
-- the helper closes the session: its reason decides the exit code.
+- the helper closes the session: its reason decides the exit code (``outcome.session_end_code``).
 """
 
 from __future__ import annotations
@@ -35,22 +35,13 @@ from typing import Any
 from vpsshell import protocol
 from vpsshell.errors import ExitCode
 from vpsshell.shell.environment import Environment
+from vpsshell.shell.outcome import session_end_code
 from vpsshell.shell.signals import GONE, Hangup, ending_signals, take_course
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 QUIET_SECONDS = 1.0  # after the end of piped input: detach once the console is this quiet...
 LINGER_SECONDS = 10.0  # ...or this long after the end of the input, whichever comes first
 DETACH_WAIT_SECONDS = 2.0  # how long a detach waits for the helper to confirm it
-# why the helper closed a console (or an ``events --follow``) session -> the exit code
-CLOSE_EXIT_CODES = {
-    "detached": ExitCode.OK,
-    "takeover": ExitCode.TEMPORARY,
-    "too-slow": ExitCode.TEMPORARY,
-    "revoked": ExitCode.DENIED,
-    "kicked": ExitCode.DENIED,
-    "helper-stopping": ExitCode.UNAVAILABLE,
-    "time-limit": ExitCode.TEMPORARY,
-}
 
 
 class TenantGone(Exception):
@@ -145,7 +136,7 @@ class _Link:
             text = str(message.get("text", ""))
             if message.get("event") == "closed":
                 reason = str(message.get("reason", ""))
-                raise HelperClosed(CLOSE_EXIT_CODES.get(reason, ExitCode.FAILED), text)
+                raise HelperClosed(session_end_code(reason), text)
             from vpsshell.shell.render import inert
 
             self.show(f"\r\n[vpsshell: {inert(text)}]\r\n".encode())

@@ -22,6 +22,14 @@ class Environment(NamedTuple):
 
     @classmethod
     def from_process(cls) -> Environment:
+        """The process's streams; one whose descriptor was closed at start (``vpsshell -c
+        list <&-``: Python then has None for it) is /dev/null instead, here and in ``sys``."""
+        if sys.stdin is None:
+            sys.stdin = _null(writing=False)
+        if sys.stdout is None:
+            sys.stdout = _null(writing=True)
+        if sys.stderr is None:
+            sys.stderr = _null(writing=True)
         stdout_isatty = sys.stdout.isatty()
         no_color = "NO_COLOR" in os.environ and os.environ["NO_COLOR"] != ""
         dumb = os.environ.get("TERM", "dumb") in ("dumb", "")
@@ -35,3 +43,10 @@ class Environment(NamedTuple):
             colour=stdout_isatty and not no_color and not dumb,
             dumb_terminal=dumb,
         )
+
+
+def _null(*, writing: bool) -> TextIO:
+    # opened in the order 0, 1, 2, each takes the lowest free descriptor: the one that was closed
+    if writing:
+        return open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the process's life
+    return open(os.devnull, encoding="utf-8")  # noqa: SIM115

@@ -6,8 +6,9 @@ when nobody is left to read the output: the reader of stdout closed it (an ``ssh
 --follow'`` client that went away: sshd closes its end of the pipe), seen by ``poll`` at once
 or as EPIPE on a write, and SIGHUP, SIGTERM or SIGQUIT (after which the signal takes its
 course). Its input is never read, and its end does not end the follow: like ``tail -f``, it
-may run with ``ssh -n`` or as a background job whose stdin is /dev/null. Nothing here becomes a
-traceback.
+may run with ``ssh -n`` or as a background job whose stdin is /dev/null. An end the tenant did
+not ask for (the helper's reason, a lost connection) is raised as a ``VpsError``, for
+``outcome.conclude`` to show and map like any other.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from collections.abc import Callable
 from typing import Any
 
 from vpsshell import protocol
-from vpsshell.errors import ExitCode
+from vpsshell.errors import ExitCode, Unavailable
 from vpsshell.shell import render
-from vpsshell.shell.console import CLOSE_EXIT_CODES
 from vpsshell.shell.environment import Environment
+from vpsshell.shell.outcome import session_end
 from vpsshell.shell.signals import (
     GONE,
     Hangup,
@@ -82,11 +83,9 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
             chunk = sock.recv(65536)
             frames = reader.feed(chunk)
         except (OSError, protocol.ProtocolError) as exc:
-            render.show_error(f"lost the connection to the vpsshell helper: {exc}", env)
-            return ExitCode.UNAVAILABLE
+            raise Unavailable(f"lost the connection to the vpsshell helper: {exc}") from None
         if not chunk:
-            render.show_error("the vpsshell helper closed the connection", env)
-            return ExitCode.UNAVAILABLE
+            raise Unavailable("the vpsshell helper closed the connection")
         for frame_type, payload in frames:
             if frame_type != protocol.FRAME_MESSAGE:
                 continue
@@ -99,8 +98,8 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
             if message.get("event") == "record":
                 render.show_event(message.get("record"), env, as_json=as_json)
             elif message.get("event") == "closed":
-                reason = str(message.get("reason", ""))
-                if reason != "detached":
-                    render.show_error(str(message.get("text") or reason), env)
-                return CLOSE_EXIT_CODES.get(reason, ExitCode.FAILED)
+                ended = session_end(str(message.get("reason", "")), str(message.get("text") or ""))
+                if ended is not None:
+                    raise ended
+                return ExitCode.OK
         env.stdout.flush()

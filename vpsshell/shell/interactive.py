@@ -11,6 +11,10 @@ Signals (``signals.own_dispositions``, whatever was inherited): SIGTSTP is ignor
 job control to return to), and so is SIGQUIT. SIGINT is ignored except while a command runs,
 when it stops the wait for the helper; at the prompt Ctrl-C is a key that clears the line.
 SIGHUP and SIGTERM end the shell. The editor, the system prompt and suspend are off.
+
+A line's status and the one line the tenant is told are ``outcome.conclude``'s, as for ``-c``
+(Ctrl-C during a command is 130 here too); the shell's exit status at the end of its input is
+the last line's status. A fault of the shell itself, also outside a command, is one line.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from vpsshell import paths
-from vpsshell.errors import ExitCode, VpsError
+from vpsshell.errors import ExitCode
 from vpsshell.shell import render
 from vpsshell.shell.environment import Environment
+from vpsshell.shell.outcome import CAUGHT, conclude
 from vpsshell.shell.session import Session, execute_line
 from vpsshell.shell.settings import ShellSettings, load_settings
-from vpsshell.shell.signals import Hangup, own_dispositions, take_course
+from vpsshell.shell.signals import own_dispositions
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -35,7 +40,6 @@ if TYPE_CHECKING:
     from vpsshell.shell.watch import DomainWatch
 
 MAX_INPUT_LINE = 4096
-INTERRUPTED = "interrupted (a request the helper already received still completes)"
 
 
 class InteractiveSession(Session):
@@ -67,22 +71,20 @@ class InteractiveSession(Session):
 
 
 def run_line(session: Session, line: str) -> tuple[ExitCode, bool]:
-    """``execute_line`` with Ctrl-C armed: it stops the wait, never the shell."""
+    """``execute_line`` with Ctrl-C armed: it stops the wait, never the shell. Returns the
+    line's status (``outcome.conclude`` decides it and the line shown, as for ``-c``) and
+    whether the shell ends."""
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            return execute_line(line, session)
+            code, leave = execute_line(line, session)
+            session.env.stdout.flush()  # a reader that has gone is this line's outcome
+            return code, leave
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except KeyboardInterrupt:
-        render.show_error(INTERRUPTED, session.env)
-        return ExitCode.TEMPORARY, False
-    except Hangup as signalled:  # a second signal while a console or a follow was ending
-        take_course(signalled.signum)
-        return ExitCode.OK, True
-    except Exception as exc:  # a login shell reports a bug and keeps going; no traceback
-        render.show_error(f"internal error: {type(exc).__name__}: {exc}", session.env)
-        return ExitCode.FAILED, False
+    except CAUGHT as exc:  # a login shell reports it and keeps going
+        outcome = conclude(exc, session.env)
+        return outcome.code, outcome.ends_session
     finally:
         # one connection per command: nothing is held open (or goes stale) at an idle prompt,
         # and an interrupted request's late reply can never be read as the next one's
@@ -107,14 +109,14 @@ def _greet(session: Session, settings: ShellSettings, warnings: list[str]) -> An
         return None
     try:
         domains = session.client.call("list", {}, timeout=10.0)
-    except VpsError as exc:
-        render.show_error(exc.message, env)
+        if isinstance(domains, list):
+            render.show_motd([d for d in domains if isinstance(d, dict)], env)
+        env.stdout.flush()
+    except CAUGHT as exc:  # one line, as for a command; the login goes on
+        conclude(exc, env)
         return None
     finally:
         session.close()
-    if isinstance(domains, list):
-        render.show_motd([d for d in domains if isinstance(d, dict)], env)
-    env.stdout.flush()
     return domains
 
 
@@ -166,7 +168,6 @@ def _run_plain(session: Session, settings: ShellSettings, warnings: list[str]) -
                 env.stdout.write("\n")
             return code
         code, leave = run_line(session, line)
-        env.stdout.flush()
         if leave:
             return ExitCode.OK
 
@@ -253,14 +254,19 @@ async def _run_prompt(session: Session, settings: ShellSettings, warnings: list[
 
 
 def run_interactive(env: Environment) -> ExitCode:
+    """The shell until ``exit``, the end of its input or a signal; returns its exit status:
+    0 after ``exit``, else the status of its last command (like sh). Commands conclude in
+    ``run_line``; what escapes here is a fault of the shell itself, also one line and 1."""
     own_dispositions(interactive=True)
-    settings, warnings = load_settings()
     session = InteractiveSession(paths.client_socket_path(), env)
     try:
+        settings, warnings = load_settings()
         if env.stdin_isatty and env.stdout_isatty and not env.dumb_terminal:
             import asyncio
 
             return asyncio.run(_run_prompt(session, settings, warnings))
         return _run_plain(session, settings, warnings)
+    except CAUGHT as exc:
+        return conclude(exc, env).code
     finally:
         session.close()

@@ -4,7 +4,8 @@ Accepted invocations are exactly: no arguments (interactive; also as a login she
 starts with ``-``) and ``-c COMMAND`` (what sshd runs for ``ssh host COMMAND``). Anything else
 is refused with exit 64. This module imports almost nothing at load time: ``vpsshell -c`` is a
 new process per SSH command. Each mode starts by setting its own signal dispositions, whatever
-it inherited (``signals.own_dispositions``).
+it inherited (``signals.own_dispositions``); whatever escapes a command goes to
+``outcome.conclude``, the one place that decides exit codes and what the tenant is told.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         _isolate()
         argv = sys.argv[1:]
-    from vpsshell.errors import ExitCode
     from vpsshell.shell.environment import Environment
 
     env = Environment.from_process()
@@ -46,8 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         from vpsshell.shell.oneshot import run_oneshot
 
         return int(run_oneshot(argv[1], env))
-    env.stderr.write(f"vpsshell: {USAGE}\n")
-    return int(ExitCode.USAGE)
+    from vpsshell.errors import UsageError
+    from vpsshell.shell.outcome import conclude
+
+    return int(conclude(UsageError(USAGE), env).code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """One tenant session: the helper connection, the current domain, and running one line.
 
-``execute_line`` is the one function that owns error handling and exit codes for both modes:
-every ``VpsError`` becomes one line on stderr and its exit code; nothing becomes a traceback.
+``execute_line`` runs a line the same way for both modes and catches nothing: an error, Ctrl-C
+or a bug escapes it to the mode, which hands it to ``outcome.conclude``, the one place that
+decides exit codes and what the tenant is told.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vpsshell.errors import ConfirmRequired, ExitCode, VpsError
+from vpsshell.errors import ConfirmRequired, ExitCode
 from vpsshell.shell import render
 from vpsshell.shell.commands import HANDLERS, VERBS
 from vpsshell.shell.environment import Environment
@@ -82,20 +83,17 @@ class Session:
 
 
 def execute_line(line: str, session: Session) -> tuple[ExitCode, bool]:
-    """Run one command line. Returns its exit code and whether the session should end."""
-    env = session.env
+    """Run one command line and show its output. Returns the exit code of a command that
+    completed (0, or how a console or follow session ended) and whether the session should
+    end; raises for every other outcome (``outcome.conclude`` maps it)."""
     verbs = VERBS
     if not session.interactive:
         verbs = {word: verb for word, verb in VERBS.items() if not verb.interactive_only}
-    try:
-        parsed = parse(line, verbs, session.current_domain if session.interactive else None)
-        if parsed is None:
-            return ExitCode.OK, False
-        output = HANDLERS[parsed.verb.name](session, parsed)
-        if output.kind == "ended":  # the handler ran interactively (a console) and says how
-            return ExitCode(output.data), False
-        render.show(output, env, as_json=bool(parsed.options.get("json")))
-        return ExitCode.OK, output.kind == "exit"
-    except VpsError as exc:
-        render.show_error(exc.message, env)
-        return exc.exit_code, False
+    parsed = parse(line, verbs, session.current_domain if session.interactive else None)
+    if parsed is None:
+        return ExitCode.OK, False
+    output = HANDLERS[parsed.verb.name](session, parsed)
+    if output.kind == "ended":  # the handler ran interactively (a console) and says how
+        return ExitCode(output.data), False
+    render.show(output, session.env, as_json=bool(parsed.options.get("json")))
+    return ExitCode.OK, output.kind == "exit"

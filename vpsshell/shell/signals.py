@@ -9,7 +9,7 @@ sets every one the shell relies on, for its mode:
 signal     ``vpsshell -c``                                  interactive
 =========  ===============================================  ====================================
 SIGINT     ``KeyboardInterrupt``: the command stops         ignored; armed while a command runs
-           waiting ("interrupted", 130)                     (``interactive.run_line``)
+           waiting ("interrupted", 130)                     (``interactive.run_line``), as -c
 SIGQUIT    default                                          ignored (like any interactive shell)
 SIGTSTP    default                                          ignored: no job control to return to
 SIGHUP     default: the process ends, the helper sees the connection close
