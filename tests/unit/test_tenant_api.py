@@ -13,6 +13,7 @@ backend to hang, fail or wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import os
@@ -100,7 +101,7 @@ class Client:
     async def closed_by_peer(self) -> bool:
         try:
             return await self.reader.read(1) == b""
-        except ConnectionResetError:  # closed with our request unread
+        except ConnectionError:  # closed with our request unread, or before we could send it
             return True
 
     def close(self) -> None:
@@ -494,6 +495,39 @@ async def test_a_frame_that_breaks_the_framing_ends_the_connection(site: Site) -
     assert [(r["user"], r["decision"]) for r in protocol_lines] == [(ME, "invalid")] * 3
 
 
+@with_helper()
+async def test_a_frame_cut_short_is_answered_and_audited(site: Site) -> None:
+    """A connection that ends, or goes quiet, after some bytes of a frame gets a ``usage``
+    reply saying which and one audit line; one that ends between frames is closed silently."""
+    header = protocol.HEADER.pack(protocol.FRAME_MESSAGE, 2)
+    for sent in (header[:1], header[:2], header[:3], header[:4], header, header + b"{"):
+        client = await site.connect()
+        await client.send_raw(sent)
+        client.writer.write_eof()
+        reply = await client.message()
+        assert error_of(reply) == ("usage", "connection closed in the middle of a frame"), sent
+        assert await client.closed_by_peer()
+
+    quiet = protocol.FRAME_SECONDS
+    protocol.FRAME_SECONDS = 0.2  # the rest of a frame, not the hour-long idle timeout
+    try:
+        client = await site.connect()
+        await client.send_raw(header[:1])
+        kind, message = error_of(await client.message())
+        assert (kind, message) == ("usage", "no complete frame within 0.2 s")
+        assert await client.closed_by_peer()
+    finally:
+        protocol.FRAME_SECONDS = quiet
+
+    idle = await site.connect()
+    idle.writer.write_eof()
+    assert await idle.closed_by_peer()
+    protocol_lines = [r for r in site.audit() if r["action"] == "protocol"]
+    assert [(r["decision"], r["result"], r["message"]) for r in protocol_lines] == [
+        ("invalid", "usage", "connection closed in the middle of a frame")
+    ] * 6 + [("invalid", "usage", "no complete frame within 0.2 s")]
+
+
 def test_the_listener_turns_callers_away_before_reading_a_request(tmp_path: Path) -> None:
     """Account refused (PAM's answer), not an allowed uid, over the per-user connection cap:
     each gets its one line (or, for a stranger on the admin socket, nothing) and an audit
@@ -532,7 +566,8 @@ def test_the_listener_turns_callers_away_before_reading_a_request(tmp_path: Path
             assert await expired.closed_by_peer()
 
             stranger = await _connect(tmp_path / "b.sock")
-            await stranger.request("whoami")
+            with contextlib.suppress(ConnectionError):  # closed at once, before it could send
+                await stranger.request("whoami")
             assert await stranger.closed_by_peer()  # not a word to a non-admin
 
             first = await _connect(tmp_path / "c.sock")
