@@ -126,7 +126,7 @@ def _kick_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
     untrusted_id = untrusted.get("id")
     untrusted_user = untrusted.get("user")
     return {
-        "attachment_id": untrusted_id if isinstance(untrusted_id, int) else None,
+        "attachment_id": untrusted_id if type(untrusted_id) is int else None,  # not a bool
         "user": untrusted_user if isinstance(untrusted_user, str) else None,
     }
 

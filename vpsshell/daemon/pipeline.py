@@ -188,7 +188,9 @@ class TenantApi:
         progress: Callable[[dict[str, Any]], Awaitable[None]],
         audit: dict[str, Any],
     ) -> tuple[Request, Operation[TenantHandler]]:
-        if untrusted.get("v") != protocol.PROTOCOL_VERSION:
+        untrusted_version = untrusted.get("v")
+        # type() and not ==: True == 1 == 1.0 in Python, and neither is version 1
+        if type(untrusted_version) is not int or untrusted_version != protocol.PROTOCOL_VERSION:
             raise UsageError(
                 f"unsupported protocol version (this helper speaks {protocol.PROTOCOL_VERSION})"
             )
