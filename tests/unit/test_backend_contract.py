@@ -77,12 +77,7 @@ def libvirt_profile() -> Profile:
 
 # Known differences of sim from Xen and libvirt, kept visible; strict, so each fails once sim
 # is fixed (then remove it here).
-SIM_DIFFERS = {
-    # the helper then refuses the request, as the name differs
-    "lookup_is_exact_and_never_matches_a_numeric_id": "sim's lookup() resolves a UUID as a name",
-    # tenants see "started (reset)" on sim, "rebooted (reset)" on Xen and libvirt
-    "reset_and_sysrq_leave_it_running": "sim reports a reset as started (reset), not rebooted",
-}
+SIM_DIFFERS: dict[str, str] = {}  # checks the sim is known to fail, with why
 
 
 def _cases() -> list[object]:

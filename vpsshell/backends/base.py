@@ -170,7 +170,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def lookup(self, name: str) -> DomainInfo | None:
-        """The domain called ``name`` (exact match), or None. Never matches numeric ids."""
+        """The domain called ``name`` (exact match), or None. Never matches numeric ids or
+        UUIDs: a name is what a tenant types, a UUID what the helper acts on."""
 
     @abc.abstractmethod
     async def info(self, uuid: str) -> DomainInfo:

@@ -331,7 +331,7 @@ class SimBackend(Backend):
         return [self._info(domain) for domain in self._domains.values()]
 
     async def lookup(self, name: str) -> DomainInfo | None:
-        domain = self._by_name.get(name) or self._domains.get(name)
+        domain = self._by_name.get(name)  # by name only: a UUID is not a name
         return self._info(domain) if domain is not None else None
 
     async def info(self, uuid: str) -> DomainInfo:
@@ -440,9 +440,11 @@ class SimBackend(Backend):
     def _enter_running(self, domain: _Domain) -> None:
         self._set_state(domain, DomainState.RUNNING, self.clock())
         self._save()
-        if domain.boot_reason != _BOOT_REBOOT:
-            detail = "reset" if domain.boot_reason == _BOOT_RESET else ""
-            self._announce("started", domain, detail)
+        # a reset is a reboot the guest did not ask for: "rebooted (reset)", as Xen and libvirt
+        if domain.boot_reason == _BOOT_RESET:
+            self._announce("rebooted", domain, "reset")
+        elif domain.boot_reason != _BOOT_REBOOT:
+            self._announce("started", domain, "")
 
     def _begin_shutdown(self, domain: _Domain, *, reboot: bool) -> None:
         self._cancel_timer(domain)
@@ -621,8 +623,10 @@ class SimBackend(Backend):
         elapsed = max(0.0, self.clock() - phase_since)
         if state is DomainState.STARTING and elapsed >= config.boot_seconds:
             state, phase_since = DomainState.RUNNING, phase_since + config.boot_seconds
-            if reason != _BOOT_REBOOT:
-                events.append(("started", "reset" if reason == _BOOT_RESET else ""))
+            if reason == _BOOT_RESET:
+                events.append(("rebooted", "reset"))
+            elif reason != _BOOT_REBOOT:
+                events.append(("started", ""))
         domain.state, domain.since, domain.phase_since = state, since, phase_since
         domain.boot_reason = reason
         if state is DomainState.RUNNING:
