@@ -7,6 +7,11 @@ protocol version, a client-chosen request id and an operation; the helper answer
 ``progress`` messages (zero or more) and exactly one final reply carrying the same id. See
 docs/protocol.md.
 
+After the reply that opens a console or an ``events --follow`` session, the connection carries
+session messages: the helper's ``notice``, ``record`` and ``closed`` events, the client's
+``detach`` and ``resize``. This module builds and reads every message of the conversation, and
+``read_frame`` is the one place a frame is read from an asyncio stream.
+
 This module only encodes and decodes. It never decides anything about identity: the helper
 learns who is calling from the socket's peer credentials, not from any field here. Whatever a
 peer sends, decoding either returns a message or raises ``ProtocolError``; never anything else
@@ -19,10 +24,16 @@ import json
 import math
 import re
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # ``vpsshell -c`` imports this module; asyncio only when a frame is awaited
+    import asyncio
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 64 * 1024
+# once the first byte of a frame has come, the rest must follow within this (a peer that sends
+# part of a frame and goes quiet holds a connection slot for no more than this)
+FRAME_SECONDS = 30.0
 HEADER = struct.Struct(">BI")
 
 FRAME_MESSAGE = 0x01
@@ -32,6 +43,10 @@ FRAME_TYPES = frozenset({FRAME_MESSAGE, FRAME_CONSOLE_DATA})
 
 class ProtocolError(Exception):
     """The peer sent something that is not a valid frame or message; the connection ends."""
+
+
+class IncompleteFrame(ProtocolError):
+    """The connection ended, or went quiet for ``FRAME_SECONDS``, in the middle of a frame."""
 
 
 def encode_frame(frame_type: int, payload: bytes) -> bytes:
@@ -176,6 +191,31 @@ class FrameReader:
         return frames
 
 
+async def read_frame(
+    reader: asyncio.StreamReader, idle_timeout: float | None = None
+) -> tuple[int, bytes] | None:
+    """The next frame on ``reader``: its type and payload.
+
+    None if the stream ends (end of file, a reset) before the first byte of a frame, or no byte
+    comes for ``idle_timeout`` seconds (None: wait for ever). Once a byte has come the rest of
+    the frame must follow within ``FRAME_SECONDS``, else ``IncompleteFrame``; a header it must
+    not read raises ``ProtocolError`` before its payload is read."""
+    import asyncio
+
+    try:
+        first = await asyncio.wait_for(reader.readexactly(1), idle_timeout)
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+        return None
+    try:
+        async with asyncio.timeout(FRAME_SECONDS):
+            frame_type, length = parse_header(first + await reader.readexactly(HEADER.size - 1))
+            return frame_type, await reader.readexactly(length)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        raise IncompleteFrame("connection closed in the middle of a frame") from None
+    except TimeoutError:
+        raise IncompleteFrame(f"no complete frame within {FRAME_SECONDS:g} s") from None
+
+
 def request(request_id: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "op": op, "args": args}
 
@@ -195,3 +235,47 @@ def reply_error(request_id: int | None, kind: str, message: str) -> dict[str, An
 
 def progress(request_id: int, text: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "id": request_id, "progress": text}
+
+
+# -- session messages: after the reply that opened a console or an events follower -----------
+# the helper's (an "event"): guest output is CONSOLE_DATA frames, not messages
+EVENT_NOTICE = "notice"  # console: a line for the tenant ("alice attached", ...)
+EVENT_RECORD = "record"  # events --follow: one event record
+EVENT_CLOSED = "closed"  # either session: the last message, with why it ended
+SESSION_EVENTS = (EVENT_NOTICE, EVENT_RECORD, EVENT_CLOSED)
+# the client's (an "op" without an id: never answered)
+OP_DETACH = "detach"  # either session: end it
+OP_RESIZE = "resize"  # console: the tenant's window size (serial consoles ignore it)
+SESSION_OPS = (OP_DETACH, OP_RESIZE)
+
+
+def notice(text: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "event": EVENT_NOTICE, "text": text}
+
+
+def record(event_record: dict[str, Any]) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "event": EVENT_RECORD, "record": event_record}
+
+
+def closed(reason: str, text: str) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "event": EVENT_CLOSED, "reason": reason, "text": text}
+
+
+def detach() -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "op": OP_DETACH}
+
+
+def resize(rows: int, cols: int) -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "op": OP_RESIZE, "rows": rows, "cols": cols}
+
+
+def session_event(message: dict[str, Any]) -> str | None:
+    """Which helper session message ``message`` is (``EVENT_*``), or None."""
+    event = message.get("event")
+    return event if event in SESSION_EVENTS else None
+
+
+def session_op(untrusted: dict[str, Any]) -> str | None:
+    """Which client session message ``untrusted`` is (``OP_*``), or None (ignored)."""
+    op = untrusted.get("op")
+    return op if op in SESSION_OPS else None

@@ -68,15 +68,16 @@ async def _receive_loop(
     ``protocol-error``."""
     while True:
         try:
-            header = await reader.readexactly(protocol.HEADER.size)
-            frame_type, length = protocol.parse_header(header)
-            payload = await asyncio.wait_for(reader.readexactly(length), 30.0)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            frame = await protocol.read_frame(reader)
+        except protocol.IncompleteFrame:
             return "disconnected"
         except protocol.ProtocolError:
             return "protocol-error"
+        if frame is None:
+            return "disconnected"
+        frame_type, payload = frame
         # every byte counts, a watcher's too (its keystrokes go nowhere, but reading costs)
-        delay = budget.charge(len(header) + length)
+        delay = budget.charge(protocol.HEADER.size + len(payload))
         if delay > 0 and not await _wait_for_budget(delay, writer):
             return "disconnected"
         if frame_type == protocol.FRAME_CONSOLE_DATA:
@@ -87,7 +88,7 @@ async def _receive_loop(
             untrusted = protocol.decode_message(payload)
         except protocol.ProtocolError:
             return "protocol-error"
-        if untrusted.get("op") == "detach":
+        if protocol.session_op(untrusted) == protocol.OP_DETACH:
             return "detached"
         # "resize" and anything else: serial consoles have no window size; ignored
 

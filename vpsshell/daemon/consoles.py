@@ -123,16 +123,13 @@ class Attachment:
         return all(self._push(frame) for frame in frames)
 
     def notice(self, text: str) -> None:
-        self._push(protocol.encode_message({"v": 1, "event": "notice", "text": text}), force=True)
+        self._push(protocol.encode_message(protocol.notice(text)), force=True)
 
     def close(self, reason: str, text: str) -> None:
         """End the attachment: a final ``closed`` message, then the connection closes."""
         if self.closed_reason is not None:
             return
-        self._push(
-            protocol.encode_message({"v": 1, "event": "closed", "reason": reason, "text": text}),
-            force=True,
-        )
+        self._push(protocol.encode_message(protocol.closed(reason, text)), force=True)
         self.closed_reason = reason
         self._ready.set()
 

@@ -20,10 +20,6 @@ DRAIN_SECONDS = 2.0
 MAX_SESSION_SECONDS = 7 * 86400.0
 
 
-def _message(**fields: object) -> bytes:
-    return protocol.encode_message({"v": protocol.PROTOCOL_VERSION, **fields})
-
-
 async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.StreamWriter) -> None:
     while True:
         try:
@@ -44,11 +40,17 @@ async def _send_loop(follower: Follower, shown: EventFilter, writer: asyncio.Str
         if shown.revoked:
             follower.close("revoked", f"you may no longer see the events of {shown.domain}")
             break
-        frames = [_message(event="record", record=e.to_json()) for e in events if shown.shows(e)]
+        frames = [
+            protocol.encode_message(protocol.record(e.to_json())) for e in events if shown.shows(e)
+        ]
         if frames:
             writer.write(b"".join(frames))
             await writer.drain()
-    writer.write(_message(event="closed", reason=follower.closed_reason, text=follower.closed_text))
+    writer.write(
+        protocol.encode_message(
+            protocol.closed(follower.closed_reason or "disconnected", follower.closed_text)
+        )
+    )
     await writer.drain()
 
 
@@ -56,13 +58,13 @@ async def _receive_loop(reader: asyncio.StreamReader) -> None:
     """Returns when the client detaches, leaves or breaks the framing."""
     while True:
         try:
-            header = await reader.readexactly(protocol.HEADER.size)
-            _, length = protocol.parse_header(header)
-            payload = await asyncio.wait_for(reader.readexactly(length), 30.0)
-            untrusted = protocol.decode_message(payload)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, protocol.ProtocolError):
+            frame = await protocol.read_frame(reader)
+            if frame is None:
+                return
+            untrusted = protocol.decode_message(frame[1])
+        except protocol.ProtocolError:
             return
-        if untrusted.get("op") == "detach":
+        if protocol.session_op(untrusted) == protocol.OP_DETACH:
             return
 
 

@@ -21,7 +21,6 @@ process exits, so a writer's slot is free for the next attach at once):
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -66,10 +65,6 @@ def _window_size(fd: int) -> tuple[int, int] | None:
         return rows, cols
     except OSError:
         return None
-
-
-def _message(data: dict[str, Any]) -> bytes:
-    return protocol.encode_message(data)
 
 
 class _Flag:
@@ -132,9 +127,9 @@ class _Link:
                 self.last_output = time.monotonic()
                 self.show(payload)
                 continue
-            message = json.loads(payload)
+            message = protocol.decode_message(payload)
             text = str(message.get("text", ""))
-            if message.get("event") == "closed":
+            if protocol.session_event(message) == protocol.EVENT_CLOSED:
                 reason = str(message.get("reason", ""))
                 raise HelperClosed(session_end_code(reason), text)
             from vpsshell.shell.render import inert
@@ -144,7 +139,7 @@ class _Link:
     def detach(self) -> None:
         """Tell the helper, and wait (briefly) until it confirms: then the writer's slot is
         free. Output that arrives meanwhile is still shown, if anyone is left to see it."""
-        self.send(_message({"v": 1, "op": "detach"}))
+        self.send(protocol.encode_message(protocol.detach()))
         deadline = time.monotonic() + DETACH_WAIT_SECONDS
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
@@ -253,7 +248,7 @@ def _proxy(
         poller.register(stdout_fd, 0)  # only POLLERR/POLLHUP: the tenant's end has gone
     size = _window_size(stdin_fd) if on_terminal else None
     if size:
-        link.send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
+        link.send(protocol.encode_message(protocol.resize(*size)))
     sent_size = size
     end_of_input: float | None = None
     while True:
@@ -261,7 +256,7 @@ def _proxy(
             size = _window_size(stdin_fd)
             if size and size != sent_size:
                 sent_size = size
-                link.send(_message({"v": 1, "op": "resize", "rows": size[0], "cols": size[1]}))
+                link.send(protocol.encode_message(protocol.resize(*size)))
         timeout = 1.0
         if end_of_input is not None:
             now = time.monotonic()

@@ -13,7 +13,6 @@ not ask for (the helper's reason, a lost connection) is raised as a ``VpsError``
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 from collections.abc import Callable
@@ -90,14 +89,13 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
             if frame_type != protocol.FRAME_MESSAGE:
                 continue
             try:
-                message = json.loads(payload)
-            except ValueError:
+                message = protocol.decode_message(payload)
+            except protocol.ProtocolError:
                 continue
-            if not isinstance(message, dict):
-                continue
-            if message.get("event") == "record":
+            event = protocol.session_event(message)
+            if event == protocol.EVENT_RECORD:
                 render.show_event(message.get("record"), env, as_json=as_json)
-            elif message.get("event") == "closed":
+            elif event == protocol.EVENT_CLOSED:
                 ended = session_end(str(message.get("reason", "")), str(message.get("text") or ""))
                 if ended is not None:
                     raise ended

@@ -69,10 +69,12 @@ def retry_delays(timing: Timing) -> list[float]:
 
 
 async def _next_message(reader: asyncio.StreamReader) -> dict[str, Any]:
-    """The next message frame (others are skipped); ``IncompleteReadError`` at the end."""
+    """The next message frame (others are skipped); ``EOFError`` at the end."""
     while True:
-        frame_type, length = protocol.parse_header(await reader.readexactly(protocol.HEADER.size))
-        payload = await reader.readexactly(length)
+        frame = await protocol.read_frame(reader)
+        if frame is None:
+            raise EOFError("the vpsshell helper closed the connection")
+        frame_type, payload = frame
         if frame_type == protocol.FRAME_MESSAGE:
             return protocol.decode_message(payload)
 
@@ -167,9 +169,10 @@ class DomainWatch:
                 untrusted = await _next_message(reader)
             except (OSError, EOFError, protocol.ProtocolError):
                 return
-            if untrusted.get("event") == "closed":
+            event = protocol.session_event(untrusted)
+            if event == protocol.EVENT_CLOSED:
                 return
-            if untrusted.get("event") == "record":
+            if event == protocol.EVENT_RECORD:
                 self._events_waiting = True
                 self._wake.set()
 
