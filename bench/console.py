@@ -74,7 +74,7 @@ from harness import Helper, wait_until  # noqa: E402
 
 from vpsshell import protocol  # noqa: E402
 from vpsshell.backends.sim import SimBackend  # noqa: E402
-from vpsshell.shell.client import HelperClient  # noqa: E402
+from vpsshell.client import HelperClient  # noqa: E402
 
 DOMAIN = "web1"
 MIB = 1024 * 1024

@@ -221,7 +221,7 @@ class Helper:
         return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
 
     def admin(self, op: str, **args: Any) -> Any:
-        from vpsshell.shell.client import HelperClient
+        from vpsshell.client import HelperClient
 
         client = HelperClient(str(self.admin_socket))
         try:

@@ -163,8 +163,8 @@ def test_follow_ends_when_nobody_reads_its_output(helper: Helper) -> None:
 
 
 def test_malformed_events_requests_are_usage_errors(helper: Helper) -> None:
+    from vpsshell.client import HelperClient
     from vpsshell.errors import UsageError
-    from vpsshell.shell.client import HelperClient
 
     client = HelperClient(str(helper.socket))
     try:

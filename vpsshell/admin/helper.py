@@ -19,7 +19,7 @@ RELOAD_TIMEOUT_SECONDS = 30.0
 
 def admin_call(ctx: AdminContext, op: str, args: dict[str, Any] | None = None) -> Any:
     """One admin request; ``Unavailable`` if the helper cannot be reached."""
-    from vpsshell.shell.client import HelperClient
+    from vpsshell.client import HelperClient
 
     client = HelperClient(ctx.config.admin_socket)
     try:

@@ -46,7 +46,7 @@ class InteractiveSession(Session):
     """A session whose helper requests show that they are under way (``render.Progress``)."""
 
     def __init__(self, socket_path: str, env: Environment) -> None:
-        from vpsshell.shell.client import HelperClient
+        from vpsshell.client import HelperClient
 
         super().__init__(socket_path, env, interactive=True)
         spinner = env.stderr_isatty and not env.dumb_terminal

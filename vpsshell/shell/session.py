@@ -23,7 +23,7 @@ class Session:
     """The ``Context`` handlers see: a lazily connected client plus per-session state."""
 
     def __init__(self, socket_path: str, env: Environment, *, interactive: bool) -> None:
-        from vpsshell.shell.client import HelperClient
+        from vpsshell.client import HelperClient
 
         self.env = env
         self.interactive = interactive

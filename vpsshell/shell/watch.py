@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpsshell import protocol
+from vpsshell.client import PENDING, reply_result, unreachable
 from vpsshell.errors import Denied, TemporaryFailure, Unavailable, UsageError, VpsError
-from vpsshell.shell.client import PENDING, reply_result, unreachable
 
 TRANSITIONAL = frozenset({"starting", "shutting-down"})
 REQUEST_ID = 1  # one request per connection

@@ -1,9 +1,13 @@
-"""A small blocking client for the helper's socket, used by ``vpsshell -c`` and the REPL.
+"""A small blocking client for the helper's sockets, used by the tenant's shell (``vpsshell -c``
+and the REPL, on the tenant socket) and by ``vpsshell-admin`` (on the admin socket).
 
 It frames requests, waits for the reply with a deadline, passes ``progress`` messages to a
 callback and turns error replies into ``VpsError``s. It sends no identity: the helper reads the
-caller from the socket's peer credentials. ``reply_result`` and ``unreachable`` are shared
-with the interactive shell's background watch, which speaks the same protocol on the event loop.
+caller from the socket's peer credentials. It builds and reads messages only through
+``protocol``. ``reply_result`` and ``unreachable`` are shared with the interactive shell's
+background watch, which speaks the same protocol on the event loop. It must never import the
+shell or the helper (``vpsshell-admin`` uses it without the tenant shell), nor anything at load
+time that ``vpsshell -c`` would not need.
 """
 
 from __future__ import annotations
