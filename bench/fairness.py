@@ -141,15 +141,19 @@ def outcome(reply: dict[str, Any] | None) -> str:
 
 
 def connect(path: str, timeout: float = REPLY_TIMEOUT_SECONDS) -> socket.socket:
-    """Connect as ``vpsshell``'s client does (a socket timeout, so CPython connects without
-    blocking: a full listen backlog fails at once with EAGAIN rather than waiting)."""
+    """Connect as ``vpsshell``'s client does: a blocking connect() bounded by SO_SNDTIMEO, so
+    a full listen backlog makes it wait its turn in the kernel (a socket timeout would make
+    CPython connect without blocking, and fail at once with EAGAIN)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    bound = struct.pack("@ll", int(timeout), int(timeout % 1 * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
     try:
         sock.connect(path)
     except OSError:
         sock.close()
         raise
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 0))
+    sock.settimeout(timeout)
     return sock
 
 
