@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from vpsshell import __version__
+from vpsshell.checks import is_sysrq_key
 from vpsshell.errors import UsageError
 from vpsshell.shell.grammar import COUNT, FLAG, SECONDS, Option, ParsedCommand, Verb
 
@@ -218,7 +219,7 @@ def cmd_log(ctx: Context, parsed: ParsedCommand) -> Output:
 @command("sysrq", "send magic SysRq KEY (0-9, a-z) to a domain", domain="required", extra_arg="KEY")
 def cmd_sysrq(ctx: Context, parsed: ParsedCommand) -> Output:
     key = parsed.extra or ""
-    if len(key) != 1 or not (key.isdigit() or "a" <= key <= "z"):
+    if not is_sysrq_key(key):
         raise UsageError(f"sysrq: {key!r} is not a SysRq key (one of 0-9 or a-z)")
     return Output("action", ctx.call("sysrq", {"domain": parsed.domain, "key": key}))
 

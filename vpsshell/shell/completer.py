@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
+from vpsshell.checks import is_domain_name
 from vpsshell.errors import UsageError
-from vpsshell.shell.grammar import COUNT, DOMAIN_NAME_RE, Verb, check_characters
+from vpsshell.shell.grammar import COUNT, Verb, check_characters
 
 
 class ShellCompleter(Completer):
@@ -76,5 +77,5 @@ class ShellCompleter(Completer):
 
     def _domains(self, prefix: str) -> Iterator[Completion]:
         for name in sorted(set(self.domain_names())):
-            if name.startswith(prefix) and DOMAIN_NAME_RE.match(name):
+            if name.startswith(prefix) and is_domain_name(name):
                 yield Completion(name, -len(prefix))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from vpsshell.checks import is_domain_name
 from vpsshell.errors import UsageError
 
 MAX_LINE_CHARS = 1024
 MAX_WORDS = 16
-DOMAIN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
 _OPTION_RE = re.compile(r"--([a-z][a-z-]*)(?:=(.*))?\Z")
 
 # value kinds of options
@@ -87,7 +87,7 @@ def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int:
         if option.kind == SECONDS:
             return -1  # "use the default"
         raise UsageError(f"{verb.name}: --{option.name} needs a value (--{option.name}=N)")
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise UsageError(f"{verb.name}: --{option.name}: {raw!r} is not a whole number")
     value = int(raw)
     if option.max_value and value > option.max_value:
@@ -96,7 +96,7 @@ def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int:
 
 
 def check_domain(verb: Verb, word: str) -> str:
-    if not DOMAIN_NAME_RE.match(word):
+    if not is_domain_name(word):
         raise UsageError(f"{verb.name}: {word!r} is not a domain name")
     return word
 
