@@ -202,7 +202,6 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     guard = SessionGuard(
         tenant_api.authorizer,
         consoles,
-        accounts,
         interval=limits.session_recheck_seconds,
         account_max_age=limits.account_recheck_seconds,
     )

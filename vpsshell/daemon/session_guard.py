@@ -14,7 +14,6 @@ import asyncio
 import datetime as dt
 import logging
 
-from vpsshell.daemon.accounts import AccountChecker
 from vpsshell.daemon.authorization import Authorizer
 from vpsshell.daemon.consoles import ConsoleManager
 
@@ -35,14 +34,12 @@ class SessionGuard:
         self,
         authorizer: Authorizer,
         consoles: ConsoleManager,
-        accounts: AccountChecker | None,
         *,
         interval: float,
         account_max_age: float,
     ) -> None:
         self.authorizer = authorizer
         self.consoles = consoles
-        self.accounts = accounts
         self.interval = interval
         self.account_max_age = account_max_age
 
@@ -61,9 +58,8 @@ class SessionGuard:
     async def check_now(self) -> int:
         """Decide again for every attachment; returns how many were ended."""
         callers = {a.caller.uid: a.caller for a in self.consoles.attachments()}
-        if self.accounts is not None:
-            for caller in callers.values():
-                await self.accounts.refusal(caller.uid, caller.user, self.account_max_age)
+        for caller in callers.values():  # fresh verdicts for still_attached_allowed
+            await self.authorizer.account_refused(caller, self.account_max_age)
         ended = self.consoles.revoke(self.authorizer.still_attached_allowed)
         if ended:
             log.info("ended %d console session(s) whose access ended", ended)
