@@ -8,22 +8,19 @@ duration; ``ssh(user)`` opens a tenant's paramiko connection.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import TEAM_GROUP, Helper
-from sshclient import SFTP_SERVER, SSHD, SshConnection, Sshd, shipped_snippet
-from sshsite import LOCK, SSH_GROUP, SSH_POLICY, Connect, SshSite, build_site, exclusive
+from harness import Helper
+from sshclient import SshConnection, Sshd, shipped_snippet
+from sshsite import SSH_GROUP, Connect, SshSite, site_for_module, site_helper
 
 
 @pytest.fixture(scope="module")
 def ssh_site(tenants: None) -> Iterator[SshSite]:
     """The launcher, the tenants and an sshd with the shipped Match block, per test module."""
-    if not os.path.exists(SSHD) or not os.path.exists(SFTP_SERVER):
-        pytest.skip("openssh-server is not installed")
-    with exclusive(LOCK, 300), build_site() as site:
+    with site_for_module() as site:
         yield site
 
 
@@ -46,18 +43,8 @@ def unlocked_sshd(ssh_site: SshSite) -> Iterator[Sshd]:
 @pytest.fixture
 def ssh_helper(ssh_site: SshSite, open_dir: Path) -> Iterator[Helper]:
     """A fresh vpsshelld for this test; the client config points the login shells at it."""
-    helper = Helper(open_dir / "helper", policy=SSH_POLICY)
-    helper.config.write_text(
-        helper.config.read_text().replace(
-            f'socket_group = "{TEAM_GROUP}"', f'socket_group = "{SSH_GROUP}"'
-        )
-    )
-    helper.start()
-    os.chmod(helper.socket, 0o660)  # as installed: only the tenants' group may connect
-    ssh_site.client_config.point_at(helper.socket)
-    yield helper
-    helper.stop()
-    ssh_site.client_config.restore()  # outside these tests, the host's own file (or none) again
+    with site_helper(ssh_site, open_dir / "helper") as helper:
+        yield helper
 
 
 @pytest.fixture

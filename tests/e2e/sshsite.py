@@ -25,8 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-from harness import wait_until
-from sshclient import SshConnection, Sshd, processes_of, shipped_snippet
+from harness import TEAM_GROUP, Helper, wait_until
+from sshclient import (
+    SFTP_SERVER,
+    SSHD,
+    SshConnection,
+    Sshd,
+    processes_of,
+    shipped_snippet,
+)
 
 from vpsshell import paths
 from vpsshell.admin.launcher import install_launcher
@@ -197,3 +204,35 @@ def build_site() -> Iterator[SshSite]:
 
 #: ``connect(user, sshd=None)``: a tenant's connection (the ``ssh`` fixture)
 Connect = Callable[..., SshConnection]
+
+
+@contextmanager
+def site_for_module() -> Iterator[SshSite]:
+    """A site for a test module, built while holding the lock that makes runs take turns;
+    skips when sshd is not installed."""
+    import pytest
+
+    if not os.path.exists(SSHD) or not os.path.exists(SFTP_SERVER):
+        pytest.skip("openssh-server is not installed")
+    with exclusive(LOCK, 300), build_site() as site:
+        yield site
+
+
+@contextmanager
+def site_helper(site: SshSite, root: Path) -> Iterator[Helper]:
+    """A fresh vpsshelld in ``root``, which the site's client config points the login shells
+    at until it stops; its socket as installed (only the tenants' group may connect)."""
+    helper = Helper(root, policy=SSH_POLICY)
+    helper.config.write_text(
+        helper.config.read_text().replace(
+            f'socket_group = "{TEAM_GROUP}"', f'socket_group = "{SSH_GROUP}"'
+        )
+    )
+    helper.start()
+    os.chmod(helper.socket, 0o660)
+    site.client_config.point_at(helper.socket)
+    try:
+        yield helper
+    finally:
+        helper.stop()
+        site.client_config.restore()  # outside these tests, the host's own file (or none) again

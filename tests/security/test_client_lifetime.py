@@ -30,11 +30,11 @@ from typing import Any
 
 import pexpect
 import pytest
-from harness import BIN, TEAM_GROUP, Helper, run, start_and_wait, wait_until
+from harness import BIN, Helper, run, start_and_wait, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from sshclient import SFTP_SERVER, SSHD, SshConnection  # noqa: E402
-from sshsite import ALICE, LOCK, SSH_GROUP, SSH_POLICY, SshSite, build_site, exclusive  # noqa: E402
+from sshclient import SshConnection  # noqa: E402
+from sshsite import ALICE, SshSite, site_for_module, site_helper  # noqa: E402
 
 from vpsshell.shell.outcome import INTERRUPTED  # noqa: E402
 
@@ -428,25 +428,14 @@ def test_the_interactive_shell_on_a_pipe_ignores_sigquit_and_ends_on_sighup(
 
 @pytest.fixture(scope="module")
 def ssh_site(tenants: None) -> Iterator[SshSite]:
-    if not os.path.exists(SSHD) or not os.path.exists(SFTP_SERVER):
-        pytest.skip("openssh-server is not installed")
-    with exclusive(LOCK, 300), build_site() as site:
+    with site_for_module() as site:
         yield site
 
 
 @pytest.fixture
 def ssh_helper(ssh_site: SshSite, open_dir: Path) -> Iterator[Helper]:
     """A fresh helper for the test, web1 running; the site's login shells find it."""
-    helper = Helper(open_dir / "helper", policy=SSH_POLICY)
-    helper.config.write_text(
-        helper.config.read_text().replace(
-            f'socket_group = "{TEAM_GROUP}"', f'socket_group = "{SSH_GROUP}"'
-        )
-    )
-    helper.start()
-    os.chmod(helper.socket, 0o660)
-    ssh_site.client_config.point_at(helper.socket)
-    try:
+    with site_helper(ssh_site, open_dir / "helper") as helper:
         alice = connect(ssh_site)
         try:
             assert alice.run("start web1").code == 0
@@ -458,9 +447,6 @@ def ssh_helper(ssh_site: SshSite, open_dir: Path) -> Iterator[Helper]:
         finally:
             alice.close()
         yield helper
-    finally:
-        helper.stop()
-        ssh_site.client_config.restore()
 
 
 def connect(site: SshSite) -> SshConnection:
