@@ -315,3 +315,22 @@ def console_as(helper: Helper, user: str, domain: str, *options: str) -> Any:
         + [str(BIN / "vpsshell"), "-c", command],
         timeout=15,
     )
+
+
+def vpsshell_admin(
+    helper: Helper,
+    *argv: str,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> Result:
+    """The installed ``vpsshell-admin ARGV...`` against ``helper``'s config, as root."""
+    proc = subprocess.run(
+        [str(BIN / "vpsshell-admin"), "--config", str(helper.config), *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})},
+    )
+    return Result(proc)

@@ -13,21 +13,13 @@ import subprocess
 import threading
 from pathlib import Path
 
-from harness import BIN, Helper, Result, run, wait_until
+from harness import BIN, Helper, Result, run, vpsshell_admin, wait_until
 
 MANAGED = "90-vpsshell-admin.policy"
 
 
 def admin(helper: Helper, *argv: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
-    proc = subprocess.run(
-        [str(BIN / "vpsshell-admin"), "--config", str(helper.config), *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})},
-    )
-    return Result(proc)
+    return vpsshell_admin(helper, *argv, stdin=stdin, env=env, timeout=60)
 
 
 def editor_env(path: Path, body: str) -> dict[str, str]:

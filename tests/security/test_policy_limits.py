@@ -13,12 +13,11 @@ of loading between the helper and ``vpsshell-admin`` (bench/README.md, policy_sc
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import BIN, DEFAULT_POLICY, Helper, Result, run, wait_until
+from harness import DEFAULT_POLICY, Helper, Result, run, vpsshell_admin, wait_until
 
 from vpsshell.policy.model import MAX_FILE_BYTES, MAX_FILES, MAX_RULES
 
@@ -29,15 +28,7 @@ DEFAULT_RULES = sum(1 for line in DEFAULT_POLICY.splitlines() if line.startswith
 
 
 def admin(helper: Helper, *argv: str, stdin: str = "", env: dict[str, str] | None = None) -> Result:
-    proc = subprocess.run(
-        [str(BIN / "vpsshell-admin"), "--config", str(helper.config), *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})},
-    )
-    return Result(proc)
+    return vpsshell_admin(helper, *argv, stdin=stdin, env=env, timeout=600)
 
 
 def snapshot(helper: Helper) -> dict[str, bytes]:
