@@ -247,7 +247,7 @@ class Listener:
     def _say(writer: asyncio.StreamWriter, kind: str, message: str) -> None:
         """One error reply to a connection that is about to be closed; never waits."""
         with contextlib.suppress(Exception):
-            writer.write(protocol.encode_message(protocol.reply_error(None, kind, message)))
+            writer.write(_refusal_frame(kind, message))
 
     async def _serve(
         self,
