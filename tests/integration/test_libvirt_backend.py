@@ -273,7 +273,12 @@ def test_libvirt_events_become_lifecycle_events(tmp_path: Path) -> None:
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_CRASHED)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_CRASHED, lv.VIR_DOMAIN_EVENT_CRASHED_PANICKED)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_MIGRATED)
+        # a migration's destination: paused at the start, "migrated in" once it resumes
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
+        raw("lifecycle", lv.VIR_DOMAIN_EVENT_RESUMED, lv.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+        # a failed incoming migration is no event for the tenant
+        raw("lifecycle", lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
+        raw("lifecycle", lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_FAILED)
         raw("lifecycle", lv.VIR_DOMAIN_EVENT_STARTED, 99)  # a detail newer than this code
         raw("reboot")
         raw("reboot")  # QEMU reports one reboot twice in a row

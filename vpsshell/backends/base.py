@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -80,6 +80,7 @@ class DomainState(str, Enum):
     CRASHED = "crashed"
     STARTING = "starting"
     SHUTTING_DOWN = "shutting-down"
+    UNKNOWN = "unknown"  # its host cannot be reached: what it last reported is not shown
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,20 @@ class LifecycleEvent:
 EventSink = Callable[[LifecycleEvent], None]
 
 
+@dataclass(frozen=True)
+class HostEvent:
+    """A host of a multi-host backend: ``kind`` is ``host-lost`` (it stopped answering or its
+    connection closed) or ``host-back`` (connected and answering again). For admins' hooks
+    only; ``detail`` may name the host's address or libvirt's error."""
+
+    kind: str
+    host: str
+    detail: str = ""
+
+
+HostEventSink = Callable[[HostEvent], None]
+
+
 class ConsoleStream(abc.ABC):
     """One open console of one domain: raw bytes out of the guest, raw bytes into it."""
 
@@ -144,6 +159,7 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self._event_sinks: list[EventSink] = []
+        self._host_sinks: list[HostEventSink] = []
 
     async def open(self) -> None:  # noqa: B027 - optional hook
         """Connect or load state; called once before any other method."""
@@ -164,9 +180,26 @@ class Backend(abc.ABC):
             except Exception:
                 logger.exception("event sink failed on %s", event)
 
+    def subscribe_hosts(self, sink: HostEventSink) -> None:
+        """Register a callback for host events (backends with several hosts send them)."""
+        self._host_sinks.append(sink)
+
+    def emit_host(self, event: HostEvent) -> None:
+        for sink in list(self._host_sinks):
+            try:
+                sink(event)
+            except Exception:
+                logger.exception("host event sink failed on %s", event)
+
     @abc.abstractmethod
     async def list_domains(self) -> list[DomainInfo]:
         """Every domain this backend knows, in a stable order."""
+
+    async def domains_named(self, names: Collection[str]) -> list[DomainInfo]:
+        """The domains among ``names`` that exist, in a stable order. A backend that keeps an
+        index answers in proportion to ``names``, not to all its domains (``list`` on a
+        gateway asks for the caller's own domains only)."""
+        return [domain for domain in await self.list_domains() if domain.name in names]
 
     @abc.abstractmethod
     async def lookup(self, name: str) -> DomainInfo | None:

@@ -20,18 +20,33 @@ other hosts. libvirt's own error text goes to the helper's log; tenants get a sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import urllib.parse
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 import libvirt
 
-from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, DomainState, LifecycleEvent
+from vpsshell.backends.base import (
+    Backend,
+    ConsoleStream,
+    DomainInfo,
+    DomainState,
+    HostEvent,
+    LifecycleEvent,
+)
 from vpsshell.backends.libvirt_config import LibvirtConfig, parse_libvirt_config
 from vpsshell.backends.libvirt_console import LibvirtConsoleStream
-from vpsshell.backends.libvirt_host import LibvirtHost, RawEvent, ensure_event_loop
+from vpsshell.backends.libvirt_host import CONNECTING, LibvirtHost, RawEvent, ensure_event_loop
+from vpsshell.backends.libvirt_inventory import (
+    ACTIVE_STATES,
+    AmbiguousCopies,
+    DomainRecord,
+    Inventory,
+    choose_copy,
+)
 from vpsshell.backends.libvirt_uptime import UptimeBook
 from vpsshell.checks import is_offered_domain_name, is_sysrq_key, is_uuid
 from vpsshell.errors import ActionFailed, TemporaryFailure, VpsError, not_found_or_denied
@@ -53,9 +68,6 @@ _STATES = {
     libvirt.VIR_DOMAIN_CRASHED: DomainState.CRASHED,
     libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PAUSED,
 }
-_UP = frozenset(
-    {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
-)
 
 # (libvirt event, detail) -> (LifecycleEvent kind, detail); None as detail: any other detail;
 # None as the value: no tenant-visible event.
@@ -105,21 +117,9 @@ _BUSY_ERRORS = {
 }
 
 
-@dataclass(frozen=True)
-class _Record:
-    """What one domain looked like, read on a worker thread."""
-
-    name: str
-    uuid: str
-    domain_id: int  # libvirt's runtime id: for the uptime book, never for lookups
-    state: DomainState
-    vcpus: int
-    memory_kib: int
-
-
-def _read(dom: Any) -> _Record:
+def _read(dom: Any) -> DomainRecord:
     state, max_memory_kib, _memory, vcpus, _cpu_time = dom.info()
-    return _Record(
+    return DomainRecord(
         name=dom.name(),
         uuid=dom.UUIDString().lower(),
         domain_id=dom.ID(),
@@ -129,7 +129,7 @@ def _read(dom: Any) -> _Record:
     )
 
 
-def _inventory(conn: Any) -> list[_Record]:
+def _inventory(conn: Any) -> list[DomainRecord]:
     records = []
     for dom in conn.listAllDomains(0):
         try:
@@ -140,7 +140,7 @@ def _inventory(conn: Any) -> list[_Record]:
     return records
 
 
-def _by_name(conn: Any, name: str) -> _Record | None:
+def _by_name(conn: Any, name: str) -> DomainRecord | None:
     try:
         dom = conn.lookupByName(name)
     except libvirt.libvirtError as exc:
@@ -151,7 +151,7 @@ def _by_name(conn: Any, name: str) -> _Record | None:
     return record if record.name == name else None
 
 
-def _by_uuid(conn: Any, uuid: str) -> _Record | None:
+def _by_uuid(conn: Any, uuid: str) -> DomainRecord | None:
     try:
         return _read(conn.lookupByUUIDString(uuid))
     except libvirt.libvirtError as exc:
@@ -185,13 +185,18 @@ class LibvirtBackend(Backend):
         super().__init__()
         self.config = config
         self.hosts = [
-            LibvirtHost(host, config.timeout_seconds, self._on_raw_event, self._on_reconnected)
+            LibvirtHost(host, config.timeout_seconds, self._on_raw_event, self._on_host_state)
             for host in config.hosts
         ]
+        self._hosts_by_name = {host.name: host for host in self.hosts}
         self._book = UptimeBook(state_dir, clock)
-        self._where: dict[str, LibvirtHost] = {}  # uuid -> host it was last seen on
-        self._names: dict[str, str] = {}  # uuid -> name, for messages
-        self._known: dict[str, dict[str, _Record]] = {}  # host -> last inventory by uuid
+        self._seen = Inventory()
+        # host -> set once its first inventory is read, or its first connection failed
+        self._settled: dict[str, asyncio.Event] = {}
+        self._last_active: dict[str, str] = {}  # uuid -> host it last started or migrated to
+        self._incoming: dict[str, str] = {}  # uuid -> host a live migration is bringing it to
+        self._rereading: dict[tuple[str, str], bool] = {}  # (host, uuid) -> read again after
+        self._changed: dict[str, set[str]] = {}  # host -> uuids with events during an inventory
         self._conflicts: dict[str, tuple[str, ...]] = {}  # name -> hosts, as last reported
         self._unusable: set[tuple[str, str]] = set()  # (host, name) already reported
         self._own_action: dict[str, tuple[str, float]] = {}  # uuid -> (verb, monotonic)
@@ -209,6 +214,10 @@ class LibvirtBackend(Backend):
     async def open(self) -> None:
         ensure_event_loop()  # before any connection, or it gets no events
         self._book.load()
+        for host in self.hosts:  # all at once: a slow host delays nobody
+            self._settled[host.name] = asyncio.Event()
+            host.start()
+        self._spawn_task(self._refresh_forever())
 
     async def close(self) -> None:
         for stream in list(self._streams):
@@ -219,64 +228,25 @@ class LibvirtBackend(Backend):
         await asyncio.gather(*(host.close() for host in self.hosts), return_exceptions=True)
 
     async def list_domains(self) -> list[DomainInfo]:
-        answers = await asyncio.gather(
-            *(self._inventory(host) for host in self.hosts), return_exceptions=True
-        )
-        found: list[tuple[LibvirtHost, _Record]] = []
-        seen_hosts: dict[str, set[str]] = {}
-        for host, answer in zip(self.hosts, answers, strict=True):
-            records: list[_Record]
-            if isinstance(answer, VpsError):
-                records = list(self._known.get(host.name, {}).values())  # for conflicts only
-            elif isinstance(answer, BaseException):
-                raise answer
-            else:
-                records = answer
-                found += [(host, record) for record in answer]
-            for record in records:
-                seen_hosts.setdefault(record.name, set()).add(host.name)
-        conflicts = {name: hosts for name, hosts in seen_hosts.items() if len(hosts) > 1}
-        self._report_conflicts(conflicts, complete=True)
-        return [
-            self._info(host, record)
-            for host, record in found
-            if record.name not in conflicts and self._usable(host, record.name)
-        ]
+        await self._await_first_inventories()
+        names = sorted({record.name for _, record in self._seen.all()})
+        return self._resolve_names(names)
+
+    async def domains_named(self, names: Collection[str]) -> list[DomainInfo]:
+        await self._await_first_inventories()
+        return self._resolve_names(sorted(names))
 
     async def lookup(self, name: str) -> DomainInfo | None:
         if not is_offered_domain_name(name):
             return None  # never a numeric id, never a name the helper would not accept
-        answers = await asyncio.gather(
-            *(host.call(lambda conn: _by_name(conn, name), "lookup") for host in self.hosts),
-            return_exceptions=True,
-        )
-        found: list[tuple[LibvirtHost, _Record]] = []
-        unreachable: list[tuple[LibvirtHost, VpsError]] = []
-        for host, answer in zip(self.hosts, answers, strict=True):
-            if isinstance(answer, VpsError):
-                unreachable.append((host, answer))
-            elif isinstance(answer, libvirt.libvirtError):
-                raise self._translate(answer, host, name, "lookup") from None
-            elif isinstance(answer, BaseException):
-                raise answer
-            elif answer is not None:
-                found.append((host, answer))
-        if len(found) > 1:
-            hosts = tuple(sorted(host.name for host, _ in found))
-            self._report_conflicts({name: set(hosts)}, complete=False)
-            raise ActionFailed(
-                f"{name}: this name is defined on more than one host ({', '.join(hosts)}); "
-                "the administrator must make it unique"
-            )
-        for host, error in unreachable:
-            known = self._known.get(host.name, {}).values()
-            if not found or any(record.name == name for record in known):
-                raise error  # it may be there (too): do not guess
-        if not found:
-            return None
-        host, record = found[0]
-        self._remember(host, record)
-        return self._info(host, record)
+        await self._await_first_inventories()
+        if self._seen.named(name):
+            found = self._resolve(name)
+            if found is None:
+                return None  # its name is not usable (all digits...)
+            host, record = found
+            return self._info(host, record)
+        return await self._lookup_live(name)
 
     async def info(self, uuid: str) -> DomainInfo:
         host, record = await self._on_domain(uuid, "status", _read)
@@ -336,7 +306,7 @@ class LibvirtBackend(Backend):
         await self._on_domain(uuid, "sysrq", send_key, own_action="sysrq")
 
     async def open_console(self, uuid: str) -> ConsoleStream:
-        stream = LibvirtConsoleStream(self._names.get(uuid, uuid))
+        stream = LibvirtConsoleStream(self._name_of(uuid))
 
         def open_console(dom: Any) -> None:
             state = _state(dom)
@@ -355,6 +325,147 @@ class LibvirtBackend(Backend):
         self._streams.add(stream)
         return stream
 
+    # -- for the administrator --------------------------------------------------------------
+
+    def host_states(self) -> list[dict[str, Any]]:
+        """Each host's connection, as ``vpsshell-admin hosts`` shows it (admins only: the
+        URIs and libvirt's errors may name addresses tenants must not see)."""
+        return [
+            {
+                "name": host.name,
+                "uri": host.uri,
+                "state": host.state,
+                "since": host.since,
+                "last_error": host.last_error,
+                "domains": self._seen.count(host.name),
+                "keepalive_interval": host.keepalive[0],
+                "keepalive_count": host.keepalive[1],
+            }
+            for host in self.hosts
+        ]
+
+    async def migrate(self, uuid: str, to: str, timeout: float) -> DomainInfo:
+        """Live-migrate the domain to host ``to`` (a label): its definition moves with it, so
+        no stale copy stays behind on the source. Returns the domain as it is afterwards."""
+        destination = self._hosts_by_name.get(to)
+        if destination is None:
+            raise ActionFailed(f"no host called {to!r} (see vpsshell-admin hosts)")
+        source = await self._locate(uuid, "migrate")
+        if source is destination:
+            raise ActionFailed(f"{self._name_of(uuid)} is already on host {to}")
+        target_conn = await destination.call(lambda conn: conn, "migrate")
+        address = migration_address(destination.uri)
+
+        def migrate(conn: Any) -> None:
+            dom = conn.lookupByUUIDString(uuid)
+            _require_running(dom)
+            flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+            if dom.isPersistent():
+                flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+            dom.migrate(target_conn, flags, None, f"tcp://{address}" if address else None, 0)
+
+        try:
+            await source.call(migrate, "migrate", timeout=timeout)
+        except libvirt.libvirtError as exc:
+            raise self._translate(exc, source, self._name_of(uuid), "migrate") from None
+        self._last_active[uuid] = destination.name
+        record = await destination.call(lambda conn: _by_uuid(conn, uuid), "status")
+        if record is None:
+            raise ActionFailed(f"{self._name_of(uuid)}: not found on {to} after the migration")
+        self._seen.put(destination.name, record)
+        return self._info(destination, record)
+
+    # -- names --------------------------------------------------------------------------------
+
+    async def _await_first_inventories(self) -> None:
+        """Hosts still connecting for the first time may hold any name: wait for them,
+        within the timeout. A host that failed is not waited for (its domains are unknown)."""
+        waiting = [
+            self._settled[host.name].wait()
+            for host in self.hosts
+            if host.state == CONNECTING and not self._settled[host.name].is_set()
+        ]
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waiting), self.config.timeout_seconds)
+
+    def _resolve_names(self, names: list[str]) -> list[DomainInfo]:
+        found = []
+        for name in names:
+            try:
+                resolved = self._resolve(name)
+            except VpsError:
+                continue  # a name on two hosts: logged for the admin, never listed
+            if resolved is not None:
+                found.append(self._info(*resolved))
+        return found
+
+    def _resolve(self, name: str) -> tuple[LibvirtHost, DomainRecord] | None:
+        """The domain called ``name`` as last seen, from the record alone (no call): None if
+        there is none or its name is not offered; ActionFailed if the name is ambiguous."""
+        copies = self._seen.named(name)
+        if not copies:
+            return None
+        uuids = {record.uuid for _, record in copies}
+        if len(uuids) > 1:
+            hosts = sorted(host for host, _ in copies)
+            self._report_conflict(name, hosts)
+            raise ActionFailed(
+                f"{name}: this name is defined on more than one host ({', '.join(hosts)}); "
+                "the administrator must make it unique"
+            )
+        self._report_conflict(name, None)
+        uuid = uuids.pop()
+        try:
+            chosen = choose_copy(self._seen.copies(uuid), self._last_active.get(uuid))
+        except AmbiguousCopies as exc:
+            raise self._ambiguous(name, exc) from None
+        if chosen is None or chosen[1].name != name:
+            return None  # renamed meanwhile: the copy that is the domain has another name
+        host = self._hosts_by_name[chosen[0]]
+        if not self._usable(host, name):
+            return None
+        return host, chosen[1]
+
+    async def _lookup_live(self, name: str) -> DomainInfo | None:
+        """A name the record does not hold: ask every answering host (a domain defined a
+        moment ago). A host that cannot answer and was never read might hold it: do not
+        guess then."""
+        asked = [host for host in self.hosts if host.connected]
+        answers = await asyncio.gather(
+            *(host.call(lambda conn: _by_name(conn, name), "lookup") for host in asked),
+            return_exceptions=True,
+        )
+        for host, answer in zip(asked, answers, strict=True):
+            if isinstance(answer, DomainRecord):
+                self._seen.put(host.name, answer)
+            elif isinstance(answer, libvirt.libvirtError):
+                raise self._translate(answer, host, name, "lookup") from None
+            elif isinstance(answer, BaseException) and not isinstance(answer, VpsError):
+                raise answer
+        if not self._seen.named(name):
+            for host, answer in zip(asked, answers, strict=True):
+                if isinstance(answer, VpsError) and host.name not in self._seen.complete:
+                    raise answer
+            for host in self.hosts:
+                if not host.connected and host.name not in self._seen.complete:
+                    raise host.unreachable()
+            return None
+        resolved = self._resolve(name)
+        return self._info(*resolved) if resolved is not None else None
+
+    def _ambiguous(self, name: str, exc: AmbiguousCopies) -> ActionFailed:
+        logger.error(
+            "domain %s is defined on hosts %s and none of the copies is clearly the live "
+            "one: undefine the stale copy",
+            name,
+            ", ".join(exc.hosts),
+        )
+        return ActionFailed(
+            f"{name}: this domain is defined on more than one host ({', '.join(exc.hosts)}); "
+            "the administrator must remove the stale copy"
+        )
+
     # -- acting on one domain ---------------------------------------------------------------
 
     async def _on_domain(
@@ -364,7 +475,7 @@ class LibvirtBackend(Backend):
         the host and what ``work`` returned."""
         if not is_uuid(uuid):
             raise not_found_or_denied(uuid)
-        host = self._where.get(uuid) or await self._find_host(uuid)
+        host = await self._locate(uuid, verb)
         for attempt in (1, 2):
             if own_action:  # before the call: its reboot event may come before it returns
                 self._own_action[uuid] = (own_action, time.monotonic())
@@ -373,38 +484,80 @@ class LibvirtBackend(Backend):
             except libvirt.libvirtError as exc:
                 self._own_action.pop(uuid, None)
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and attempt == 1:
-                    self._where.pop(uuid, None)  # migrated or undefined: look again, once
-                    host = await self._find_host(uuid)
+                    self._seen.remove(host.name, uuid)  # migrated or undefined: look again
+                    host = await self._locate(uuid, verb)
                     continue
-                raise self._translate(exc, host, self._names.get(uuid, uuid), verb) from None
+                raise self._translate(exc, host, self._name_of(uuid), verb) from None
             except BaseException:
                 self._own_action.pop(uuid, None)
                 raise
-            if isinstance(result, _Record):
-                self._remember(host, result)
+            if isinstance(result, DomainRecord):
+                self._seen.put(host.name, result)
+            else:
+                self._reread_soon(host, uuid)  # what the action changed, for list
             return host, result
         raise AssertionError("unreachable")
 
-    async def _find_host(self, uuid: str) -> LibvirtHost:
+    async def _locate(self, uuid: str, verb: str) -> LibvirtHost:
+        """The host of the copy of ``uuid`` that is the domain. With copies on several hosts
+        (a migration under way or just done) each is read afresh before choosing, and a
+        ``start`` is refused while any copy cannot be read: it might be running there."""
+        copies = self._seen.copies(uuid)
+        if not copies:
+            return await self._find_host(uuid)
+        if len(copies) == 1:
+            return self._hosts_by_name[copies[0][0]]
+        hosts = [self._hosts_by_name[host] for host, _ in copies]
         answers = await asyncio.gather(
-            *(host.call(lambda conn: _by_uuid(conn, uuid), "lookup") for host in self.hosts),
+            *(host.call(lambda conn: _by_uuid(conn, uuid), "lookup") for host in hosts),
+            return_exceptions=True,
+        )
+        fresh: list[tuple[str, DomainRecord]] = []
+        for host, answer in zip(hosts, answers, strict=True):
+            if isinstance(answer, DomainRecord):
+                self._seen.put(host.name, answer)
+                fresh.append((host.name, answer))
+            elif answer is None:
+                self._seen.remove(host.name, uuid)
+            elif isinstance(answer, VpsError):
+                if verb == "start":
+                    raise answer  # it may be running on the host that cannot answer
+            elif isinstance(answer, libvirt.libvirtError):
+                raise self._translate(answer, host, self._name_of(uuid), verb) from None
+            elif isinstance(answer, BaseException):
+                raise answer
+        if not fresh:
+            return await self._find_host(uuid)
+        try:
+            chosen = choose_copy(fresh, self._last_active.get(uuid))
+        except AmbiguousCopies as exc:
+            raise self._ambiguous(self._name_of(uuid), exc) from None
+        assert chosen is not None
+        return self._hosts_by_name[chosen[0]]
+
+    async def _find_host(self, uuid: str) -> LibvirtHost:
+        """Ask every connected host for a UUID the record does not hold."""
+        asked = [host for host in self.hosts if host.connected]
+        answers = await asyncio.gather(
+            *(host.call(lambda conn: _by_uuid(conn, uuid), "lookup") for host in asked),
             return_exceptions=True,
         )
         found = [
             (host, answer)
-            for host, answer in zip(self.hosts, answers, strict=True)
-            if isinstance(answer, _Record)
+            for host, answer in zip(asked, answers, strict=True)
+            if isinstance(answer, DomainRecord)
         ]
-        if len(found) == 1:
-            self._remember(*found[0])
-            return found[0][0]
-        name = self._names.get(uuid, uuid)
-        if len(found) > 1:
-            raise ActionFailed(f"{name}: this domain is defined on more than one host")
+        for host, record in found:
+            self._seen.put(host.name, record)
+        if found:
+            return await self._locate(uuid, "lookup") if len(found) > 1 else found[0][0]
         for answer in answers:
             if isinstance(answer, VpsError):
                 raise answer
-        raise not_found_or_denied(name)
+        for host in self.hosts:
+            if not host.connected and host.name not in self._seen.complete:
+                raise host.unreachable()  # never read: it may be there
+        raise not_found_or_denied(self._name_of(uuid))
 
     def _translate(self, exc: Any, host: LibvirtHost, name: str, verb: str) -> VpsError:
         code = exc.get_error_code()
@@ -422,31 +575,87 @@ class LibvirtBackend(Backend):
             f"{name}: {verb} failed on host {host.name} (details in the helper's log)"
         )
 
-    # -- bookkeeping ------------------------------------------------------------------------
+    # -- keeping the record -----------------------------------------------------------------
 
-    async def _inventory(self, host: LibvirtHost) -> list[_Record]:
-        records = await host.call(_inventory, "list")
-        self._known[host.name] = {record.uuid: record for record in records}
-        for record in records:
-            self._remember(host, record)
-        return sorted(records, key=lambda record: record.name)
+    def _spawn_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _remember(self, host: LibvirtHost, record: _Record) -> None:
-        self._where[record.uuid] = host
-        self._names[record.uuid] = record.name
-        self._known.setdefault(host.name, {})[record.uuid] = record
+    async def _refresh_forever(self) -> None:
+        """A full inventory of every answering host now and then, besides events: a change
+        libvirt sent no event for (or one lost with a connection) is seen within a period."""
+        while True:
+            await asyncio.sleep(self.config.refresh_seconds)
+            for host in self.hosts:
+                if host.answering:
+                    self._spawn_task(self._take_inventory(host, report_missed=False))
 
-    def _info(self, host: LibvirtHost, record: _Record) -> DomainInfo:
+    async def _take_inventory(self, host: LibvirtHost, *, report_missed: bool) -> None:
+        changed = self._changed.setdefault(host.name, set())
+        changed.clear()
+        try:
+            records = await host.call(_inventory, "list")
+        except VpsError:
+            return  # the host's state says why; the reconnect brings another inventory
+        except libvirt.libvirtError as exc:
+            logger.warning("host %s: listing domains failed: %s", host.name, exc)
+            return
+        before = self._seen.replace(host.name, records)
+        self._settled[host.name].set()
+        for uuid in changed:  # events came while listing: the listing may predate them
+            self._reread_soon(host, uuid)
+        changed.clear()
+        if report_missed:
+            self._report_missed(host, before, records)
+
+    def _reread_soon(self, host: LibvirtHost, uuid: str) -> None:
+        """Read one domain of ``host`` again (after its event or an action); reads of the
+        same domain never overlap, and one asked for during a read runs after it."""
+        key = (host.name, uuid)
+        self._changed.setdefault(host.name, set()).add(uuid)
+        if key in self._rereading:
+            self._rereading[key] = True
+            return
+        self._rereading[key] = False
+        self._spawn_task(self._reread(host, uuid))
+
+    async def _reread(self, host: LibvirtHost, uuid: str) -> None:
+        key = (host.name, uuid)
+        try:
+            while True:
+                self._rereading[key] = False
+                try:
+                    record = await host.call(lambda conn: _by_uuid(conn, uuid), "lookup")
+                except (VpsError, libvirt.libvirtError):
+                    return  # the host is down: its next inventory brings this domain
+                if record is None:
+                    self._seen.remove(host.name, uuid)
+                else:
+                    self._seen.put(host.name, record)
+                if not self._rereading[key]:
+                    return
+        finally:
+            del self._rereading[key]
+
+    def _name_of(self, uuid: str) -> str:
+        copies = self._seen.copies(uuid)
+        return copies[0][1].name if copies else uuid
+
+    def _info(self, host: LibvirtHost, record: DomainRecord) -> DomainInfo:
         key = UptimeBook.key(host.name, record.uuid)
-        if record.state in _UP:
-            uptime: int | None = self._book.seconds(key, record.domain_id)
+        state = record.state
+        uptime: int | None = None
+        if not host.answering:
+            state = DomainState.UNKNOWN  # what it last said may no longer be true
+        elif record.state in ACTIVE_STATES:
+            uptime = self._book.seconds(key, record.domain_id)
         else:
-            uptime = None
             self._book.stopped(key)
         return DomainInfo(
             name=record.name,
             uuid=record.uuid,
-            state=record.state,
+            state=state,
             vcpus=record.vcpus,
             memory_mib=record.memory_kib // 1024,
             uptime_seconds=uptime,
@@ -466,30 +675,62 @@ class LibvirtBackend(Backend):
             )
         return False
 
-    def _report_conflicts(self, conflicts: dict[str, set[str]], *, complete: bool) -> None:
-        for name, hosts in sorted(conflicts.items()):
-            ordered = tuple(sorted(hosts))
-            if self._conflicts.get(name) != ordered:
-                self._conflicts[name] = ordered
-                logger.error(
-                    "domain name %r is defined on hosts %s: it is not resolved for tenants "
-                    "until it is unique (rename or undefine one of them)",
-                    name,
-                    ", ".join(ordered),
-                )
-        if complete:
-            for name in [name for name in self._conflicts if name not in conflicts]:
-                del self._conflicts[name]
+    def _report_conflict(self, name: str, hosts: list[str] | None) -> None:
+        """Log a name defined on several hosts once, and once when it is unique again."""
+        if hosts is None:
+            if self._conflicts.pop(name, None) is not None:
                 logger.info("domain name %r is unique again", name)
+            return
+        ordered = tuple(hosts)
+        if self._conflicts.get(name) != ordered:
+            self._conflicts[name] = ordered
+            logger.error(
+                "domain name %r is defined on hosts %s: it is not resolved for tenants "
+                "until it is unique (rename or undefine one of them)",
+                name,
+                ", ".join(ordered),
+            )
+
+    # -- hosts ------------------------------------------------------------------------------
+
+    def _on_host_state(self, host: LibvirtHost, change: str, why: str) -> None:
+        """A host connected, was lost or is back (``LibvirtHost._set_state``)."""
+        if change == "lost":
+            self._settled[host.name].set()  # nobody waits for its first inventory any more
+            logger.warning("host %s lost: %s", host.name, why)
+            self.emit_host(HostEvent("host-lost", host.name, why))
+            return
+        if change == "back":
+            logger.info("host %s is back", host.name)
+            self.emit_host(HostEvent("host-back", host.name))
+        # events may have been lost meanwhile: read everything, report what changed
+        self._spawn_task(self._take_inventory(host, report_missed=change == "back"))
+
+    def _report_missed(
+        self, host: LibvirtHost, before: dict[str, DomainRecord], records: list[DomainRecord]
+    ) -> None:
+        left = dict(before)
+        for record in records:
+            old = left.pop(record.uuid, None)
+            was_up = old is not None and old.state in ACTIVE_STATES
+            if record.state in ACTIVE_STATES and (
+                not was_up or old is None or old.domain_id != record.domain_id
+            ):
+                self.emit(LifecycleEvent("started", record.uuid, record.name, "missed"))
+            elif was_up and record.state not in ACTIVE_STATES:
+                self._book.stopped(UptimeBook.key(host.name, record.uuid))
+                self.emit(LifecycleEvent("stopped", record.uuid, record.name, "missed"))
+        for old in left.values():
+            if old.state in ACTIVE_STATES and not self._seen.copies(old.uuid):
+                self.emit(LifecycleEvent("stopped", old.uuid, old.name, "missed"))
 
     # -- events -----------------------------------------------------------------------------
 
     def emit(self, event: LifecycleEvent) -> None:
         """Log the event with its host, then deliver it like every backend does."""
-        host = self._where.get(event.uuid)
         logger.info(
             "event: %s/%s %s%s",
-            host.name if host else "?",
+            self._last_active.get(event.uuid, "?"),
             event.name,
             event.kind,
             f" ({event.detail})" if event.detail else "",
@@ -500,7 +741,7 @@ class LibvirtBackend(Backend):
         uuid = raw.uuid.lower()
         host = raw.host
         key = UptimeBook.key(host.name, uuid)
-        self._names[uuid] = raw.name
+        self._reread_soon(host, uuid)
         if raw.kind == "reboot":
             now = time.monotonic()
             last = self._last_reboot.get(uuid)
@@ -509,50 +750,53 @@ class LibvirtBackend(Backend):
                 return
             verb, at = self._own_action.pop(uuid, ("", 0.0))
             detail = verb if verb and now - at < OWN_ACTION_SECONDS else "guest"
-            self._where[uuid] = host
             self._book.booted(key, raw.domain_id)
             self.emit(LifecycleEvent("rebooted", uuid, raw.name, detail))
             return
+        if self._migration_step(host, uuid, raw):
+            return
         exact = (raw.event, raw.detail)
         mapped = _LIFECYCLE[exact] if exact in _LIFECYCLE else _LIFECYCLE.get((raw.event, None))
-        if raw.event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED and self._where.get(uuid) is host:
-            del self._where[uuid]
         if mapped is None:
             return  # defined, undefined, suspended, resumed: no tenant-visible event
         kind, detail = mapped
-        if kind == "migrated" and detail == "out":
-            if self._where.get(uuid) is host:
-                del self._where[uuid]
+        if kind == "migrated":  # "out": the source's half of a migration
             self._book.stopped(key)
-        elif kind in ("started", "migrated"):
-            self._where[uuid] = host
+        elif kind == "started":
+            self._last_active[uuid] = host.name
             self._book.started(key, raw.domain_id)
         elif kind == "stopped":
             self._book.stopped(key)
         self.emit(LifecycleEvent(kind, uuid, raw.name, detail))
 
-    def _on_reconnected(self, host: LibvirtHost) -> None:
-        """Events were lost while disconnected: compare states and report what changed."""
-        task = asyncio.get_running_loop().create_task(self._resync(host))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _migration_step(self, host: LibvirtHost, uuid: str, raw: RawEvent) -> bool:
+        """The destination's half of a live migration: it starts paused at the beginning
+        (no event yet: the source still runs the domain) and is ``migrated in`` when it
+        resumes; one that stops before it resumes was a failed migration (no event). True if
+        ``raw`` was such a step."""
+        if raw.event == _STARTED and raw.detail == libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED:
+            self._incoming[uuid] = host.name
+            return True
+        if self._incoming.get(uuid) != host.name:
+            return False
+        if raw.event == libvirt.VIR_DOMAIN_EVENT_RESUMED:
+            del self._incoming[uuid]
+            self._last_active[uuid] = host.name
+            self._book.started(UptimeBook.key(host.name, uuid), raw.domain_id)
+            self.emit(LifecycleEvent("migrated", uuid, raw.name, "in"))
+            return True
+        if raw.event == _STOPPED:
+            del self._incoming[uuid]
+            logger.warning("host %s: incoming migration of %s ended", host.name, raw.name)
+            return True
+        return False
 
-    async def _resync(self, host: LibvirtHost) -> None:
-        before = dict(self._known.get(host.name, {}))
-        try:
-            records = await self._inventory(host)
-        except VpsError:
-            return
-        for record in records:
-            old = before.pop(record.uuid, None)
-            was_up = old is not None and old.state in _UP
-            if record.state in _UP and (
-                not was_up or old is None or old.domain_id != record.domain_id
-            ):
-                self.emit(LifecycleEvent("started", record.uuid, record.name, "missed"))
-            elif was_up and record.state not in _UP:
-                self._book.stopped(UptimeBook.key(host.name, record.uuid))
-                self.emit(LifecycleEvent("stopped", record.uuid, record.name, "missed"))
-        for old in before.values():
-            if old.state in _UP:
-                self.emit(LifecycleEvent("stopped", old.uuid, old.name, "missed"))
+
+def migration_address(uri: str) -> str | None:
+    """Where migration data goes to reach the host of ``uri``: its address as the URI names
+    it (``qemu+tls://10.0.0.2/system`` -> ``10.0.0.2``), None for a local URI (libvirt then
+    uses the host's own name)."""
+    host = urllib.parse.urlsplit(uri).hostname
+    if not host:
+        return None
+    return f"[{host}]" if ":" in host else host

@@ -4,9 +4,17 @@ libvirt-python is blocking, so every call runs on a short-lived daemon thread an
 loop waits for it with a timeout: a hung ``libvirtd`` costs the tenant one timeout and a clear
 temporary error, never blocks the loop or another host, and never keeps the helper from
 exiting. Once a call on a host has overrun its timeout, further calls on that host fail at once
-until it returns, so a hung daemon does not pile up threads. The connection is opened lazily,
-with keepalive, and reopened in the background when libvirt says it closed (``libvirtd``
-restarted); events of the new connection are registered again.
+until it returns, so a hung daemon does not pile up threads. The connection is opened when the
+backend starts (every host at once, none waiting for another), with the host's keepalive, and
+reopened in the background when it fails or libvirt says it closed (``libvirtd`` restarted, the
+link cut, keepalive unanswered); events of the new connection are registered again. While a
+host is down its calls fail at once: only the background loop waits for it.
+
+A host's state is what ``vpsshell-admin hosts`` shows: ``connecting`` (never connected yet),
+``connected``, ``not-answering`` (connected, but a call overran its timeout) or ``unreachable``
+(not connected; reconnecting), with the time it entered that state and libvirt's last error.
+Going from connected to anything but connected is reported once as lost; coming back, once as
+back (the backend turns both into host events and re-reads the host's domains).
 
 libvirt's default event loop runs in one process-wide daemon thread; the lifecycle, reboot and
 close callbacks it calls only read names and ids off their arguments (no RPC) and hand them to
@@ -19,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,8 +41,6 @@ logger = logging.getLogger("vpsshell.libvirt")
 
 T = TypeVar("T")
 
-KEEPALIVE_INTERVAL_SECONDS = 5  # a dead peer is noticed after about interval * (count + 1)
-KEEPALIVE_COUNT = 3
 RECONNECT_FIRST_DELAY_SECONDS = 0.5
 RECONNECT_MAX_DELAY_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 2.0
@@ -105,28 +112,39 @@ def _refuse_credentials(credentials: list[Any], _opaque: object) -> int:
     return -1  # never prompt: the helper has no one to ask
 
 
+CONNECTING, CONNECTED, NOT_ANSWERING, UNREACHABLE = (
+    "connecting",
+    "connected",
+    "not-answering",
+    "unreachable",
+)
+
+
 class LibvirtHost:
-    """A lazily opened, time-limited, self-healing connection to one libvirt URI."""
+    """A time-limited, self-healing connection to one libvirt URI, and its state."""
 
     def __init__(
         self,
         config: HostConfig,
         timeout: float,
         on_event: Callable[[RawEvent], None],
-        on_reconnected: Callable[[LibvirtHost], None],
+        on_state: Callable[[LibvirtHost, str, str], None],
     ) -> None:
         self.name = config.name
         self.uri = config.uri
+        self.keepalive = (config.keepalive_interval, config.keepalive_count)
         self.timeout = timeout
         self._on_event = on_event
-        self._on_reconnected = on_reconnected
+        self._on_state = on_state  # (host, change, why): change is connected, lost or back
+        self.state = CONNECTING
+        self.since = time.time()
+        self.last_error = ""
+        self._lost = False  # reported lost, not back yet
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
         self._callback_ids: list[int] = []
         self._connecting: asyncio.Future[tuple[Any, list[int]]] | None = None
         self._overdue: set[asyncio.Future[Any]] = set()
-        self._ever_connected = False
-        self._reported_down = False
         self._reconnect: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -134,14 +152,47 @@ class LibvirtHost:
     def connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def answering(self) -> bool:
+        """Connected, and no call is overdue: its domains' states can be believed."""
+        return self.state == CONNECTED
+
+    def start(self) -> None:
+        """Begin connecting in the background (returns at once)."""
+        self._bind_loop()
+        self._ensure_reconnecting(first_delay=0.0)
+
+    def _set_state(self, why: str = "") -> None:
+        """Derive the state from the connection and overdue calls; report lost and back."""
+        if self._conn is not None:
+            state = NOT_ANSWERING if self._overdue else CONNECTED
+        elif self.state == CONNECTING and not why:
+            state = CONNECTING
+        else:
+            state = UNREACHABLE
+        if why:
+            self.last_error = why
+        if state == self.state:
+            return
+        self.state, self.since = state, time.time()
+        if state == CONNECTED:
+            change, self._lost = ("back" if self._lost else "connected"), False
+            self._on_state(self, change, "")
+        elif not self._lost:
+            self._lost = True
+            self._on_state(self, "lost", why or state)
+
     # -- calls ------------------------------------------------------------------------------
 
-    async def call(self, work: Callable[[Any], T], what: str) -> T:
-        """Run ``work(connection)`` on a thread, within the timeout. Raises TemporaryFailure
-        when the host cannot answer now; libvirt errors of ``work`` itself pass through."""
+    async def call(self, work: Callable[[Any], T], what: str, *, timeout: float | None = None) -> T:
+        """Run ``work(connection)`` on a thread, within the timeout (the host's, unless this
+        call is known to be long: a migration). Raises TemporaryFailure when the host cannot
+        answer now; libvirt errors of ``work`` itself pass through."""
         if self._closing:
             raise TemporaryFailure("the vpsshell helper is stopping")
         self._refuse_if_stalled()
+        if self._conn is None and self.state != CONNECTING:
+            raise self.unreachable()  # the background loop is reconnecting: nobody waits
         conn = await self._connection()
 
         def guarded() -> T:
@@ -153,19 +204,22 @@ class LibvirtHost:
                 raise
 
         try:
-            return await self._wait(self._spawn(guarded, what), what)
+            return await self._wait(self._spawn(guarded, what), what, timeout)
         except ConnectionLost as exc:
             self._drop(conn, str(exc))
-            raise self._unreachable() from None
+            raise self.unreachable() from None
 
     def _refuse_if_stalled(self) -> None:
         if self._overdue:
-            raise TemporaryFailure(
+            raise self.unreachable()
+
+    def unreachable(self) -> TemporaryFailure:
+        """What a tenant is told about a host that is down: its label, never its URI."""
+        if self._overdue:
+            return TemporaryFailure(
                 f"host {self.name} is not answering (libvirt is hung or overloaded); "
                 "try again later"
             )
-
-    def _unreachable(self) -> TemporaryFailure:
         return TemporaryFailure(f"host {self.name} cannot be reached right now; try again later")
 
     def _spawn(self, work: Callable[[], T], what: str) -> asyncio.Future[T]:
@@ -195,29 +249,32 @@ class LibvirtHost:
         threading.Thread(target=run, name=f"libvirt-{self.name}-{what}", daemon=True).start()
         return future
 
-    async def _wait(self, future: asyncio.Future[T], what: str) -> T:
+    async def _wait(self, future: asyncio.Future[T], what: str, timeout: float | None = None) -> T:
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             if future not in self._overdue:
                 self._overdue.add(future)
                 future.add_done_callback(self._call_returned)
+                self._set_state(f"{what} got no answer within {timeout:g} s")
                 logger.warning(
                     "host %s (%s): %s got no answer within %g s; calls to this host fail "
                     "until it answers",
                     self.name,
                     self.uri,
                     what,
-                    self.timeout,
+                    timeout,
                 )
             raise TemporaryFailure(
-                f"host {self.name} did not answer within {self.timeout:g} s; try again later"
+                f"host {self.name} did not answer within {timeout:g} s; try again later"
             ) from None
 
     def _call_returned(self, future: asyncio.Future[Any]) -> None:
         self._overdue.discard(future)
         if not self._overdue:
             logger.info("host %s answers again", self.name)
+            self._set_state()
 
     def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -239,7 +296,7 @@ class LibvirtHost:
         try:
             return (await self._wait(connecting, "connect"))[0]
         except ConnectionLost:
-            raise self._unreachable() from None
+            raise self.unreachable() from None
 
     def _open_blocking(self) -> tuple[Any, list[int]]:
         try:
@@ -255,7 +312,7 @@ class LibvirtHost:
         except libvirt.libvirtError as exc:
             raise ConnectionLost(exc.get_error_message()) from exc
         with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
-            conn.setKeepAlive(KEEPALIVE_INTERVAL_SECONDS, KEEPALIVE_COUNT)
+            conn.setKeepAlive(*self.keepalive)
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._closed_by_libvirt, None)
         ids = [
@@ -279,21 +336,19 @@ class LibvirtHost:
             return
         error = future.exception()
         if error is not None:
-            if not self._reported_down:
+            if self.state in (CONNECTING, CONNECTED):
                 logger.warning("host %s (%s): cannot connect: %s", self.name, self.uri, error)
-                self._reported_down = True
+            self._set_state(str(error)[:300] or type(error).__name__)
+            self._ensure_reconnecting()
             return
         conn, ids = future.result()
         if self._closing:
             self._spawn(lambda: _close_quietly(conn, ids), "close")
             return
         self._conn, self._callback_ids = conn, ids
-        self._reported_down = False
-        again = self._ever_connected
-        self._ever_connected = True
+        again = self.state != CONNECTING
         logger.info("host %s: %sconnected to %s", self.name, "re" if again else "", self.uri)
-        if again:
-            self._on_reconnected(self)
+        self._set_state()
 
     def _drop(self, conn: Any, why: str) -> None:
         """Forget a dead connection and reconnect in the background (events must resume even
@@ -304,17 +359,24 @@ class LibvirtHost:
         self._conn, self._callback_ids = None, []
         logger.warning("host %s: connection to libvirt lost (%s); reconnecting", self.name, why)
         self._spawn(lambda: _close_quietly(conn, ids), "close")
-        if not self._closing and (self._reconnect is None or self._reconnect.done()):
-            self._reconnect = asyncio.get_running_loop().create_task(self._reconnect_loop())
+        self._set_state(f"connection lost: {why}")
+        self._ensure_reconnecting()
 
-    async def _reconnect_loop(self) -> None:
-        delay = RECONNECT_FIRST_DELAY_SECONDS
+    def _ensure_reconnecting(self, first_delay: float = RECONNECT_FIRST_DELAY_SECONDS) -> None:
+        if not self._closing and (self._reconnect is None or self._reconnect.done()):
+            self._reconnect = asyncio.get_running_loop().create_task(
+                self._reconnect_loop(first_delay)
+            )
+
+    async def _reconnect_loop(self, delay: float) -> None:
         while not self._closing and self._conn is None:
             await asyncio.sleep(delay)
             try:
                 await self._connection()
             except TemporaryFailure:
-                delay = min(delay * 2, RECONNECT_MAX_DELAY_SECONDS)
+                delay = min(
+                    max(delay, RECONNECT_FIRST_DELAY_SECONDS) * 2, RECONNECT_MAX_DELAY_SECONDS
+                )
 
     async def close(self) -> None:
         self._closing = True
