@@ -83,6 +83,7 @@ def test_a_hook_gets_the_event_on_stdin_and_in_its_environment(
         "VPSSHELL_DOMAIN": "web1",
         "VPSSHELL_USER": "",
         "VPSSHELL_UUID": uuid,
+        "VPSSHELL_HOST": "",
     }
     denied = wait_until(lambda: by_kind("denied"), 15, "the hook saw bob's refusal")
     assert (denied["env"]["VPSSHELL_USER"], denied["env"]["VPSSHELL_DOMAIN"]) == (

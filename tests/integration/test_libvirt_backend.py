@@ -110,6 +110,13 @@ def silent(tmp_path: Path) -> Iterator[SilentLibvirtd]:
         (table(("a", "qemu:///system"), timeout=0), "timeout_seconds"),
         (table(("a", "qemu:///system"), timeout=True), "timeout_seconds"),
         ({**table(("a", "qemu:///system")), "hosts": [{"name": "a", "uri": "x://", "x": 1}]}, "x"),
+        ({**table(("a", "qemu:///system")), "keepalive_interval": 0}, "backend.keepalive_interval"),
+        ({**table(("a", "qemu:///system")), "keepalive_count": 2.5}, "backend.keepalive_count"),
+        ({**table(("a", "qemu:///system")), "refresh_seconds": 0}, "backend.refresh_seconds"),
+        (
+            {"type": "libvirt", "hosts": [{"name": "a", "uri": "x://", "keepalive_count": 0}]},
+            "backend.hosts[0].keepalive_count",
+        ),
     ],
 )
 def test_config_is_validated_strictly(
@@ -118,6 +125,20 @@ def test_config_is_validated_strictly(
     with pytest.raises(BackendConfigError) as caught:
         create_backend(config, str(tmp_path))
     assert fragment in str(caught.value)
+
+
+def test_keepalive_is_set_for_the_table_and_overridden_per_host(tmp_path: Path) -> None:
+    config = {
+        "type": "libvirt",
+        "keepalive_interval": 2,
+        "keepalive_count": 4,
+        "hosts": [
+            {"name": "near", "uri": "qemu+tls://10.0.0.2/system"},
+            {"name": "far", "uri": "qemu+tls://10.0.1.2/system", "keepalive_interval": 10},
+        ],
+    }
+    backend = create_backend(config, str(tmp_path))
+    assert [host.keepalive for host in backend.hosts] == [(2, 4), (10, 4)]  # type: ignore[attr-defined]
 
 
 def test_every_kind_of_uri_is_accepted_and_nothing_connects(tmp_path: Path) -> None:

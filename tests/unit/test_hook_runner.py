@@ -140,6 +140,7 @@ print("hello from the hook"); print("\\x1b[31mred", file=sys.stderr); sys.exit(3
         "VPSSHELL_DOMAIN": "web1",
         "VPSSHELL_USER": "bob",
         "VPSSHELL_UUID": "u-1",
+        "VPSSHELL_HOST": "",
     }
     assert seen["argv"] == [str(path)]
     assert seen["cwd"] == "/"

@@ -17,13 +17,19 @@ from vpsshell.errors import Unavailable, VpsError
 RELOAD_TIMEOUT_SECONDS = 30.0
 
 
-def admin_call(ctx: AdminContext, op: str, args: dict[str, Any] | None = None) -> Any:
+def admin_call(
+    ctx: AdminContext,
+    op: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout: float = RELOAD_TIMEOUT_SECONDS,
+) -> Any:
     """One admin request; ``Unavailable`` if the helper cannot be reached."""
     from vpsshell.client import HelperClient
 
     client = HelperClient(ctx.config.admin_socket)
     try:
-        return client.call(op, args or {}, timeout=RELOAD_TIMEOUT_SECONDS)
+        return client.call(op, args or {}, timeout=timeout)
     finally:
         client.close()
 

@@ -43,6 +43,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _seconds(value: str) -> int:
+    number = int(value)
+    if not 1 <= number <= 3600:
+        raise argparse.ArgumentTypeError("must be 1 to 3600 seconds")
+    return number
+
+
 def _policy_dir(ctx: AdminContext, args: argparse.Namespace) -> str:
     return getattr(args, "policy_dir", None) or ctx.config.policy_dir
 
@@ -123,6 +130,18 @@ def _kick(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.sessions import cmd_kick
 
     return cmd_kick(ctx, args.id, args.user)
+
+
+def _hosts(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.hosts import cmd_hosts
+
+    return cmd_hosts(ctx, args.json)
+
+
+def _migrate(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.hosts import cmd_migrate
+
+    return cmd_migrate(ctx, args.domain, args.host, args.timeout, args.json)
 
 
 def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
@@ -245,6 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
     kick = command(sub, "kick", "end console sessions (by ID, or all of a user's)", _kick)
     kick.add_argument("id", nargs="?", type=int, metavar="ID", help="a session ID from sessions")
     kick.add_argument("--user", metavar="USER", help="every console session of USER")
+
+    hosts = command(sub, "hosts", "the gateway's hosts: connected, lost since, domains", _hosts)
+    hosts.add_argument("--json", action="store_true", help="print JSON")
+
+    migrate = command(sub, "migrate", "live-migrate DOMAIN to HOST (libvirt backend)", _migrate)
+    migrate.add_argument("domain", metavar="DOMAIN")
+    migrate.add_argument("host", metavar="HOST", help="a host label, as hosts shows it")
+    migrate.add_argument(
+        "--timeout", type=_seconds, default=600, metavar="S", help="give up after S s (600)"
+    )
+    migrate.add_argument("--json", action="store_true", help="print JSON")
 
     install = command(sub, "install", "install config, PAM, systemd, man pages, shell", _install)
     install.add_argument("--root", default="/", metavar="DIR", help="install into DIR (default /)")

@@ -80,7 +80,7 @@ class Inventory:
 
     def replace(self, host: str, records: list[DomainRecord]) -> dict[str, DomainRecord]:
         """A full inventory of ``host``; returns what was recorded before, by UUID."""
-        before = self._hosts.get(host, {})
+        before = dict(self._hosts.get(host, {}))
         for uuid in list(before):
             self.remove(host, uuid)
         for record in records:

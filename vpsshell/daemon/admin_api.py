@@ -1,5 +1,5 @@
 """The admin socket's operations (root only, mode 0600): reload the policy, list and end console
-sessions, inject sim faults.
+sessions, show a gateway's hosts and migrate a domain between them, inject sim faults.
 
 Only connections from uid 0 (or the helper's own uid, for an unprivileged demo helper) reach
 this module; the listener checks the peer credentials before any byte is read. Operations are
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from vpsshell import protocol
 from vpsshell.backends.base import Backend
-from vpsshell.checks import is_domain_name
+from vpsshell.checks import is_domain_name, is_host_label
 from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.consoles import ConsoleManager
@@ -134,3 +135,41 @@ def _kick_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
 @operation("kick", args=_kick_args)
 async def op_kick(api: AdminApi, args: dict[str, Any]) -> Any:
     return {"kicked": api.consoles.kick(**args)}
+
+
+@operation("hosts", args=_ignored_args, when=lambda backend: hasattr(backend, "host_states"))
+async def op_hosts(api: AdminApi, args: dict[str, Any]) -> Any:
+    return api.backend.host_states()  # type: ignore[attr-defined]
+
+
+MIGRATE_TIMEOUT_SECONDS = 600
+MIGRATE_TIMEOUT_MAX_SECONDS = 3600
+
+
+def _migrate_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    domain, host = untrusted.get("domain"), untrusted.get("host")
+    timeout = untrusted.get("timeout", MIGRATE_TIMEOUT_SECONDS)
+    if not is_domain_name(domain):
+        raise UsageError("migrate: a domain name is needed")
+    if not is_host_label(host):
+        raise UsageError("migrate: a host label (as vpsshell-admin hosts shows) is needed")
+    if type(timeout) is not int or not 1 <= timeout <= MIGRATE_TIMEOUT_MAX_SECONDS:
+        raise UsageError(f"migrate: timeout is 1 to {MIGRATE_TIMEOUT_MAX_SECONDS} seconds")
+    return {"domain": domain, "host": host, "timeout": timeout}
+
+
+@operation("migrate", args=_migrate_args, when=lambda backend: hasattr(backend, "migrate"))
+async def op_migrate(api: AdminApi, args: dict[str, Any]) -> Any:
+    """A live migration to another host of the backend (see ``LibvirtBackend.migrate``)."""
+    info = await api.backend.lookup(args["domain"])
+    if info is None:
+        raise ActionFailed(f"no such domain: {args['domain']}")
+    started = time.monotonic()
+    moved = await api.backend.migrate(  # type: ignore[attr-defined]
+        info.uuid, args["host"], float(args["timeout"])
+    )
+    return {
+        "domain": moved.to_json(),
+        "from": info.host,
+        "seconds": round(time.monotonic() - started, 1),
+    }

@@ -122,6 +122,12 @@ class Authorizer:
         ``vpsshell-admin policy explain/who/list/test`` answer with."""
         return self.policy.policy.decide(caller.user, caller.groups, action, domain)
 
+    def granted_domains(self, caller: Caller) -> set[str]:
+        """Every domain an active grant of the caller names: the only ones ``list`` and
+        ``events`` need to ask the backend about (its cost follows the caller's own domains,
+        not every domain of every host)."""
+        return self.policy.policy.granted_domains(caller.user, caller.groups)
+
     def visible_domains(self, caller: Caller, names: Iterable[str]) -> set[str]:
         """Which of ``names`` the caller may see at all (any grant implies ``status``)."""
         return self.policy.policy.visible_domains(caller.user, caller.groups, names)

@@ -12,8 +12,9 @@ domain (undefined and re-created, so a new UUID) starts with an empty history, a
 domain keeps its own. It is bounded in total: when it is full, the oldest event of the domain
 with the most events goes, so a flood of events about one domain (a tenant attaching and
 detaching in a loop) cannot push another domain's events out. An event without a UUID is not
-kept. Events only hooks and admins see (``denied``, ``policy-reloaded``) are not kept at all:
-their domain names are whatever a tenant asked for.
+kept. Events only hooks and admins see (``denied``, ``policy-reloaded``, ``host-lost``,
+``host-back``) are not kept at all: their domain names are whatever a tenant asked for, and a
+host's details (its address, libvirt's error) are not for tenants.
 """
 
 from __future__ import annotations
@@ -27,14 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from vpsshell.backends.base import Backend, LifecycleEvent
+from vpsshell.backends.base import Backend, HostEvent, LifecycleEvent
 
 log = logging.getLogger("vpsshell.events")
 
 LIFECYCLE_KINDS = frozenset({"started", "stopped", "crashed", "rebooted", "shutdown", "migrated"})
 CONSOLE_KINDS = frozenset({"console-attached", "console-detached", "console-takeover"})
 TENANT_KINDS = LIFECYCLE_KINDS | CONSOLE_KINDS  # what a tenant's ``events`` may show
-ADMIN_KINDS = frozenset({"denied", "policy-reloaded"})  # hooks (and the helper log) only
+HOST_KINDS = frozenset({"host-lost", "host-back"})  # a host of a gateway's backend
+ADMIN_KINDS = frozenset({"denied", "policy-reloaded"}) | HOST_KINDS  # hooks and the log only
 KINDS = TENANT_KINDS | ADMIN_KINDS
 MAX_DETAIL_CHARS = 256
 
@@ -48,9 +50,10 @@ class Event:
     uuid: str | None
     detail: str
     user: str | None  # who caused a helper event; None for backend events
+    host: str | None = None  # the host of a host event
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "seq": self.seq,
             "time": self.time,
             "kind": self.kind,
@@ -59,6 +62,9 @@ class Event:
             "detail": self.detail,
             "user": self.user,
         }
+        if self.host is not None:
+            found["host"] = self.host
+        return found
 
 
 Listener = Callable[[Event], None]
@@ -124,6 +130,13 @@ class EventRecord:
 
     def subscribe_backend(self, backend: Backend) -> None:
         backend.subscribe(self._on_backend_event)
+        backend.subscribe_hosts(self._on_host_event)
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        if event.kind not in HOST_KINDS:
+            log.warning("backend sent a host event of unknown kind %r; not recorded", event.kind)
+            return
+        self.record(event.kind, domain=None, detail=event.detail, host=event.host)
 
     def _on_backend_event(self, event: LifecycleEvent) -> None:
         if event.kind not in LIFECYCLE_KINDS:
@@ -142,17 +155,18 @@ class EventRecord:
         uuid: str | None = None,
         detail: str = "",
         user: str | None = None,
+        host: str | None = None,
     ) -> Event:
         """Record one event now: history, followers, listeners. Never waits, never raises."""
         assert kind in KINDS, kind
         event = Event(
-            next(self._seq), utc_now(), kind, domain, uuid, detail[:MAX_DETAIL_CHARS], user
+            next(self._seq), utc_now(), kind, domain, uuid, detail[:MAX_DETAIL_CHARS], user, host
         )
         if kind not in LIFECYCLE_KINDS:  # backends log their own events
             log.info(
                 "event: %s %s%s%s",
                 kind,
-                domain or "-",
+                domain or host or "-",
                 f" by {user}" if user else "",
                 f" ({event.detail})" if event.detail else "",
             )

@@ -63,6 +63,7 @@ def hook_environment(event: Event) -> dict[str, str]:
         "VPSSHELL_DOMAIN": event.domain or "",
         "VPSSHELL_USER": event.user or "",
         "VPSSHELL_UUID": event.uuid or "",
+        "VPSSHELL_HOST": event.host or "",
     }
 
 
@@ -224,7 +225,7 @@ class HookRunner:
                 self.dropped_tenant_caused += 1
                 self._log_drop(dropped, self.dropped_tenant_caused, "tenants' events")
         else:
-            dropped = self._lifecycle.put(event.uuid or event.domain or "", event)
+            dropped = self._lifecycle.put(event.uuid or event.domain or event.host or "", event)
             if dropped is not None:
                 self.dropped_lifecycle += 1
                 self._log_drop(dropped, self.dropped_lifecycle, "lifecycle events")

@@ -143,7 +143,7 @@ async def op_list(api: TenantServices, request: Request, target: Target | None) 
     (``confirm=``) is listed by name only, with ``"confirm"``: its state and the rest are
     what ``status DOMAIN`` shows once the password is given."""
     caller = request.caller
-    domains = await api.backend.list_domains()
+    domains = await api.backend.domains_named(api.authorizer.granted_domains(caller))
     visible = api.authorizer.visible_domains(caller, [d.name for d in domains])
     listed: list[dict[str, Any]] = []
     for domain in domains:
@@ -322,8 +322,9 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
     caller = request.caller
     if target is not None:
         names = {target.info.uuid: target.info.name}
-    else:  # the UUID each name stands for now
-        names = {d.uuid: d.name for d in await api.backend.list_domains()}
+    else:  # the UUID each of the caller's names stands for now
+        granted = api.authorizer.granted_domains(caller)
+        names = {d.uuid: d.name for d in await api.backend.domains_named(granted)}
     shown = EventFilter(
         api.authorizer,
         caller,

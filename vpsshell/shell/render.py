@@ -58,6 +58,7 @@ STATE_COLOURS = {
     "paused": "yellow",
     "starting": "cyan",
     "shutting-down": "cyan",
+    "unknown": "magenta",  # its host cannot be reached
 }
 
 
