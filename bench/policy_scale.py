@@ -12,6 +12,9 @@ interpreter per size (so the memory figures are that one policy's), measures:
   support person (a group with a rule on every rack of domains), and ``visible_domains`` over
   1000 candidate domains (what a ``list`` costs on a host with 1000 domains) for both; medians
   over many random calls;
+- **gateway list**: what ``list`` costs the policy on a gateway, where every domain of the
+  policy exists on some host: a tenant's ``granted_domains`` then ``visible_domains`` of just
+  those (what the helper does), beside ``visible_domains`` over every domain (what it did);
 - **grant**: ``vpsshell-admin policy grant`` of one new tenant domain, as a real process
   (validate the whole directory with the change, show the change in who may do what, install),
   its time and peak RSS; no helper runs, so it only notes that the helper will read the
@@ -156,8 +159,16 @@ def measure(directory: str, calls: int) -> dict[str, float]:
         sample = rng.sample(every_domain, min(CANDIDATES, len(every_domain)))
         return (user, groups, sample)
 
+    def gateway_list(user: str) -> None:
+        policy.visible_domains(user, ["tenants"], policy.granted_domains(user, ["tenants"]))
+
     list_calls = max(20, calls // 100)
+    every_domain_calls = [(rng.choice(tenants), ["tenants"], every_domain) for _ in range(5)]
     return {
+        "gateway_list_us": _median_us(
+            gateway_list, [(rng.choice(tenants),) for _ in range(list_calls)]
+        ),
+        "every_domain_list_us": _median_us(policy.visible_domains, every_domain_calls),
         "load_s": load_seconds,
         "load_cpu_s": load_cpu_seconds,
         "rss_mib": (rss_after - rss_before) / 1024,
@@ -228,6 +239,8 @@ def main() -> int:
         ("d.staff", "µs"),
         ("list", "µs"),
         ("l.staff", "µs"),
+        ("gw.list", "µs"),
+        ("l.all", "ms"),
         ("grant", "s"),
         ("grant", "MiB"),
     ]
@@ -264,6 +277,8 @@ def main() -> int:
                 f"{numbers['decide_staff_us']:.1f}",
                 f"{numbers['list_tenant_us']:.0f}",
                 f"{numbers['list_staff_us']:.0f}",
+                f"{numbers['gateway_list_us']:.0f}",
+                f"{numbers['every_domain_list_us'] / 1000:.0f}",
                 grant,
                 grant_rss,
             ]
