@@ -317,10 +317,11 @@ class LibvirtBackend(Backend):
             stream.attach(opened)
 
         try:
-            await self._on_domain(uuid, "console", open_console)
+            host, _ = await self._on_domain(uuid, "console", open_console)
         except BaseException:
             await stream.close()
             raise
+        stream.host = host.name
         self._streams = {s for s in self._streams if not s.ended}
         self._streams.add(stream)
         return stream
@@ -698,6 +699,9 @@ class LibvirtBackend(Backend):
         if change == "lost":
             self._settled[host.name].set()  # nobody waits for its first inventory any more
             logger.warning("host %s lost: %s", host.name, why)
+            for stream in self._streams:
+                if stream.host == host.name:
+                    stream.abandon()
             self.emit_host(HostEvent("host-lost", host.name, why))
             return
         if change == "back":

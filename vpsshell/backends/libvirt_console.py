@@ -43,6 +43,7 @@ class LibvirtConsoleStream(ConsoleStream):
 
     def __init__(self, label: str, output_limit: int = OUTPUT_LIMIT_BYTES) -> None:
         self.label = label
+        self.host = ""  # the label of the host it was opened on
         self._loop = asyncio.get_running_loop()
         self._output = OutputBuffer(output_limit)  # loop side
         # shared with the event thread, under _lock
@@ -86,6 +87,17 @@ class LibvirtConsoleStream(ConsoleStream):
             self._closed = True
         self._output.end(discard=True)
         run_in_event_thread(self._teardown)
+
+    def abandon(self) -> None:
+        """Its host is lost: end the output now (the hub reopens the console when the host is
+        back) and free the libvirt stream on a thread of its own, since a hung host's
+        connection can block that for a while and libvirt's event thread must never wait."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._output.end()
+        threading.Thread(target=self._teardown, name="libvirt-console-abandon", daemon=True).start()
 
     def _deliver(self, data: bytes) -> None:
         self._output.put(data)

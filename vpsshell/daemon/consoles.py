@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vpsshell import protocol
-from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, LifecycleEvent
+from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, HostEvent, LifecycleEvent
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.console_log import ConsoleLog, expire_logs
 from vpsshell.daemon.peer import Caller
@@ -338,6 +338,7 @@ class ConsoleManager:
         self._pruning: set[asyncio.Task[None]] = set()
         self._on_detach = on_detach
         backend.subscribe(self._on_event)
+        backend.subscribe_hosts(self._on_host_event)
 
     def hub_for(self, info: DomainInfo) -> ConsoleHub:
         hub = self.hubs.get(info.uuid)
@@ -431,6 +432,13 @@ class ConsoleManager:
             task = asyncio.get_running_loop().create_task(self._prune(hub))
             self._pruning.add(task)
             task.add_done_callback(self._pruning.discard)
+
+    def _on_host_event(self, event: HostEvent) -> None:
+        """A host is back: its domains' consoles reopen now, not after their back-off (a
+        domain that ran on through the outage sends no event of its own)."""
+        if event.kind == "host-back":
+            for hub in list(self.hubs.values()):
+                hub.wake()
 
     async def _prune(self, hub: ConsoleHub) -> None:
         """A domain stopped: if its UUID no longer stands for its name (a Xen domain started by
