@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -142,8 +143,7 @@ def _tail(path: Path, size: int = 2000) -> str:
 class FleetHost:
     """One host: its namespace, user, libvirtd (and sshd), URI and fault controls."""
 
-    def __init__(self, lab: FleetLab, spec: HostSpec, index: int) -> None:
-        plan = lab.plan
+    def __init__(self, lab: FleetLab, plan: fleetslots.Plan, spec: HostSpec, index: int) -> None:
         self.lab = lab
         self.index = index
         self.label = f"node{index}"
@@ -365,8 +365,6 @@ class FleetHost:
             "*",
             self.user,
         )
-        import pwd
-
         entry = pwd.getpwnam(self.user)
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
         self.dir.mkdir(mode=0o755, parents=True)
@@ -562,7 +560,7 @@ class FleetLab:
         self.specs = tuple(specs)
         self.name = name
         self.hosts: list[FleetHost] = []
-        self.plan: fleetslots.Plan
+        self.plan: fleetslots.Plan | None = None  # the slot's names, once taken
         self.root = Path()
         self.start_seconds = 0.0
         self._started = False
@@ -587,11 +585,11 @@ class FleetLab:
         os.chmod(self.root, 0o755)
         self._started = True
         try:
-            self.plan = fleetslots.reserve(self.root, len(self.specs))
+            plan = self.plan = fleetslots.reserve(self.root, len(self.specs))
             self.hosts = [
-                FleetHost(self, spec, index) for index, spec in enumerate(self.specs, start=1)
+                FleetHost(self, plan, spec, index) for index, spec in enumerate(self.specs, start=1)
             ]
-            self._build()
+            self._build(plan)
             for host in self.hosts:
                 host.launch()
             for host in self.hosts:
@@ -609,7 +607,7 @@ class FleetLab:
         self._started = False
         for host in self.hosts:
             host.stop()
-        if hasattr(self, "plan"):
+        if self.plan is not None:
             fleetslots.release(self.plan)
         else:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -645,6 +643,7 @@ class FleetLab:
 
     @property
     def gateway_ip(self) -> str:
+        assert self.plan is not None, "the lab is not started"
         return self.plan.gateway_ip
 
     @property
@@ -652,10 +651,10 @@ class FleetLab:
         """What the lab's virsh runs with: nothing of root's own libvirt or shell setup."""
         return {"PATH": PATH, "LANG": "C.UTF-8", "HOME": str(self.gateway_dir)}
 
-    def _build(self) -> None:
-        self._build_network()
+    def _build(self, plan: fleetslots.Plan) -> None:
+        self._build_network(plan)
         self.gateway_dir.mkdir(mode=0o700)
-        self.ca = CertificateAuthority(self.root / "ca", f"{self.name} CA slot {self.plan.slot}")
+        self.ca = CertificateAuthority(self.root / "ca", f"{self.name} CA slot {plan.slot}")
         self.ca.client(self.client_pki, "gateway")
         for host in self.hosts:
             host.build(self.ca)
@@ -665,8 +664,7 @@ class FleetLab:
             images = self.root / "guest"
             self._guest_images = build_guest(images)
 
-    def _build_network(self) -> None:
-        plan = self.plan
+    def _build_network(self, plan: fleetslots.Plan) -> None:
         # no STP delay; and bridged frames (host to host, e.g. migration) never meet the
         # machine's iptables, whatever its FORWARD policy
         _run(

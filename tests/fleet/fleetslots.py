@@ -20,6 +20,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -137,8 +138,6 @@ def kill_and_reap(pids: list[int], timeout: float = 20.0) -> None:
 
 
 def uid_of(user: str) -> int | None:
-    import pwd
-
     try:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
