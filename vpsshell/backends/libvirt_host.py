@@ -143,9 +143,15 @@ class LibvirtHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
         self._callback_ids: list[int] = []
+        # A connection is closed only once no call runs on it: libvirt frees a closed
+        # connection even while another thread is inside a call on it (and crashes there).
+        self._use_lock = threading.Lock()
+        self._in_use: dict[int, int] = {}  # id(connection) -> calls running on it
+        self._retired: dict[int, tuple[Any, list[int]]] = {}  # to close when idle
         self._connecting: asyncio.Future[tuple[Any, list[int]]] | None = None
         self._overdue: set[asyncio.Future[Any]] = set()
         self._reconnect: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self._closing = False
 
     @property
@@ -158,9 +164,37 @@ class LibvirtHost:
         return self.state == CONNECTED
 
     def start(self) -> None:
-        """Begin connecting in the background (returns at once)."""
+        """Begin connecting in the background (returns at once), and probing the host."""
         self._bind_loop()
         self._ensure_reconnecting(first_delay=0.0)
+        self._prober = asyncio.get_running_loop().create_task(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        """Every ``keepalive_interval`` seconds one round trip to the host; one unanswered
+        for ``keepalive_count`` intervals drops the connection (as libvirt's keepalive would,
+        after about interval x (count + 1) s) and the background loop reconnects."""
+        interval, count = self.keepalive
+        while not self._closing:
+            await asyncio.sleep(interval)
+            conn = self._conn
+            if conn is None:
+                continue
+            self._enter(conn)
+
+            def probe(conn: Any = conn) -> None:
+                try:
+                    conn.getLibVersion()
+                finally:
+                    self._leave(conn)
+
+            answered = self._spawn(probe, "keepalive")
+            try:
+                await asyncio.wait_for(asyncio.shield(answered), interval * count)
+            except TimeoutError:
+                self._drop(conn, f"no answer to a keepalive probe within {interval * count} s")
+            except libvirt.libvirtError as exc:
+                if not _is_alive(conn):
+                    self._drop(conn, exc.get_error_message() or "connection closed")
 
     def _set_state(self, why: str = "") -> None:
         """Derive the state from the connection and overdue calls; report lost and back."""
@@ -202,6 +236,10 @@ class LibvirtHost:
                 if not _is_alive(conn):
                     raise ConnectionLost(exc.get_error_message()) from exc
                 raise
+            finally:
+                self._leave(conn)
+
+        self._enter(conn)  # on the loop, before the thread exists: no close can slip between
 
         try:
             return await self._wait(self._spawn(guarded, what), what, timeout)
@@ -312,7 +350,11 @@ class LibvirtHost:
         except libvirt.libvirtError as exc:
             raise ConnectionLost(exc.get_error_message()) from exc
         with contextlib.suppress(libvirt.libvirtError):  # local drivers have no keepalive
-            conn.setKeepAlive(*self.keepalive)
+            # libvirt's own keepalive closes the connection from its event thread, and
+            # libvirt 9.0's client can crash when calls are waiting on it then; the host's
+            # own probe (``_keep_alive``) notices a silent host instead, and a connection is
+            # only ever closed once no call uses it.
+            conn.setKeepAlive(-1, 0)
         with contextlib.suppress(libvirt.libvirtError):
             conn.registerCloseCallback(self._closed_by_libvirt, None)
         ids = [
@@ -343,7 +385,7 @@ class LibvirtHost:
             return
         conn, ids = future.result()
         if self._closing:
-            self._spawn(lambda: _close_quietly(conn, ids), "close")
+            self._retire(conn, ids)
             return
         self._conn, self._callback_ids = conn, ids
         again = self.state != CONNECTING
@@ -358,7 +400,8 @@ class LibvirtHost:
         ids = self._callback_ids
         self._conn, self._callback_ids = None, []
         logger.warning("host %s: connection to libvirt lost (%s); reconnecting", self.name, why)
-        self._spawn(lambda: _close_quietly(conn, ids), "close")
+        self._retire(conn, ids)
+        self._overdue.clear()  # they belong to the old connection: the next one starts clean
         self._set_state(f"connection lost: {why}")
         self._ensure_reconnecting()
 
@@ -380,16 +423,44 @@ class LibvirtHost:
 
     async def close(self) -> None:
         self._closing = True
-        if self._reconnect is not None:
-            self._reconnect.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reconnect
+        for task in (self._reconnect, self._prober):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         conn, ids = self._conn, self._callback_ids
         self._conn, self._callback_ids = None, []
         if conn is not None:
-            closing = self._spawn(lambda: _close_quietly(conn, ids), "close")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(closing), CLOSE_WAIT_SECONDS)
+            closing = self._retire(conn, ids)
+            if closing is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(closing), CLOSE_WAIT_SECONDS)
+
+    def _enter(self, conn: Any) -> None:
+        with self._use_lock:
+            self._in_use[id(conn)] = self._in_use.get(id(conn), 0) + 1
+
+    def _leave(self, conn: Any) -> None:
+        """A call on ``conn`` ended (on its worker thread): the last one out closes a
+        connection retired meanwhile."""
+        with self._use_lock:
+            running = self._in_use[id(conn)] - 1
+            if running:
+                self._in_use[id(conn)] = running
+                return
+            del self._in_use[id(conn)]
+            retired = self._retired.pop(id(conn), None)
+        if retired is not None:
+            _close_quietly(*retired)
+
+    def _retire(self, conn: Any, ids: list[int]) -> asyncio.Future[None] | None:
+        """Close a connection no longer used: now (on a thread: a dead host can make even
+        that slow) if no call runs on it, else when the last one ends."""
+        with self._use_lock:
+            if self._in_use.get(id(conn)):
+                self._retired[id(conn)] = (conn, ids)
+                return None
+        return self._spawn(lambda: _close_quietly(conn, ids), "close")
 
     # -- libvirt's event thread -------------------------------------------------------------
 
