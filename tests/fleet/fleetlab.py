@@ -322,10 +322,10 @@ class FleetHost:
         (and sshd) start again and the network comes back. Persistent domain definitions
         stay; guests are shut off. Returns once libvirtd answers."""
         self.link_down()
-        pids = fleetslots.pids_of_uid(self.uid)
-        if self.sshd is not None:
-            pids.append(self.sshd.pid)
-        fleetslots.kill_and_reap(pids)
+        # the host's user's processes and everything in its namespace (sshd's root parts)
+        pids = set(fleetslots.pids_of_uid(self.uid))
+        pids.update(fleetslots.pids_in_namespace(self.namespace))
+        fleetslots.kill_and_reap(sorted(pids))
         for process in (self.process, self.sshd):
             if process is not None:
                 process.wait()
