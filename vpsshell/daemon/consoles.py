@@ -334,6 +334,7 @@ class ConsoleManager:
         # while a hub is added: a domain that comes back during the expiry keeps its log
         self._files_lock = threading.Lock()
         self._expiry: asyncio.Task[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
         self._others_reported = False
         self._pruning: set[asyncio.Task[None]] = set()
         self._on_detach = on_detach
@@ -360,13 +361,25 @@ class ConsoleManager:
 
     async def start_all(self) -> None:
         """Open a hub for every domain, so logs and scrollback exist before anyone attaches;
-        then (the live domains known) begin expiring the logs of domains long gone."""
-        for info in await self.backend.list_domains():
+        then (the live domains known) begin expiring the logs of domains long gone. Returns
+        at once: a backend's hosts may take their timeout to answer, and the helper serves
+        meanwhile (a console asked for first gets its hub then)."""
+        if self._opening is None:
+            self._opening = asyncio.create_task(self._open_all(), name="console-hubs")
+
+    async def _open_all(self) -> None:
+        try:
+            domains = await self.backend.list_domains()
+        except VpsError as exc:
+            log.warning("consoles: domains not listed at start (%s); hubs open on demand", exc)
+            domains = []
+        for info in domains:
             self.hub_for(info)
-        if self._expiry is None:
-            self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
+        self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
 
     async def stop(self) -> None:
+        if self._opening is not None:
+            self._opening.cancel()
         for task in list(self._pruning):
             task.cancel()
         if self._expiry is not None:
