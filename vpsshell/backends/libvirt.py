@@ -20,7 +20,6 @@ other hosts. libvirt's own error text goes to the helper's log; tenants get a sh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import urllib.parse
@@ -233,13 +232,15 @@ class LibvirtBackend(Backend):
         return self._resolve_names(names)
 
     async def domains_named(self, names: Collection[str]) -> list[DomainInfo]:
-        await self._await_first_inventories()
+        if any(not self._seen.named(name) for name in names):
+            await self._await_first_inventories(names)  # a slow host delays no one else
         return self._resolve_names(sorted(names))
 
     async def lookup(self, name: str) -> DomainInfo | None:
         if not is_offered_domain_name(name):
             return None  # never a numeric id, never a name the helper would not accept
-        await self._await_first_inventories()
+        if not self._seen.named(name):
+            await self._await_first_inventories([name])
         if self._seen.named(name):
             found = self._resolve(name)
             if found is None:
@@ -378,17 +379,31 @@ class LibvirtBackend(Backend):
 
     # -- names --------------------------------------------------------------------------------
 
-    async def _await_first_inventories(self) -> None:
+    async def _await_first_inventories(self, names: Collection[str] = ()) -> None:
         """Hosts still connecting for the first time may hold any name: wait for them,
-        within the timeout. A host that failed is not waited for (its domains are unknown)."""
-        waiting = [
-            self._settled[host.name].wait()
-            for host in self.hosts
-            if host.state == CONNECTING and not self._settled[host.name].is_set()
-        ]
-        if waiting:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waiting), self.config.timeout_seconds)
+        within the timeout, but only until every one of ``names`` is found (so a tenant
+        whose domains are all on hosts that answered waits for no other). A host that failed
+        is not waited for (its domains are unknown)."""
+        deadline = time.monotonic() + self.config.timeout_seconds
+        while True:
+            waiting = [
+                self._settled[host.name]
+                for host in self.hosts
+                if host.state == CONNECTING and not self._settled[host.name].is_set()
+            ]
+            if not waiting or (names and all(self._seen.named(name) for name in names)):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            any_settled = [asyncio.ensure_future(event.wait()) for event in waiting]
+            try:
+                await asyncio.wait(
+                    any_settled, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waiter in any_settled:
+                    waiter.cancel()
 
     def _resolve_names(self, names: list[str]) -> list[DomainInfo]:
         found = []
