@@ -3,6 +3,7 @@
     python3 tests/xen/lab build             # images, from the cache when they are there
     python3 tests/xen/lab boot [--share DIR] # build if needed, boot, wait for dom0's ssh
     python3 tests/xen/lab ssh [COMMAND]      # a command (or a shell) in dom0, as root
+    python3 tests/xen/lab uri                # dom0's libvirtd: virsh -c "$(... uri)" list
     python3 tests/xen/lab console            # the serial console: dom0's hvc0 (Ctrl-] quits)
     python3 tests/xen/lab status | stop
     python3 tests/xen/lab preflight          # can this machine run the lab? (exit 0 if so)
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--share", type=Path, help="a host directory, read-only at /mnt/host")
     parser.add_argument(
         "command",
-        choices=["build", "boot", "ssh", "console", "status", "stop", "preflight", "clean"],
+        choices=("build", "boot", "ssh", "uri", "console", "status", "stop", "preflight", "clean"),
     )
     parser.add_argument("words", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
@@ -71,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"the Xen lab {args.name!r} is already running")
             else:
                 machine.boot()
+    elif args.command in ("ssh", "uri") and not machine.running():
+        print(f"the Xen lab {args.name!r} is not running", file=sys.stderr)
+        return 1
     elif args.command == "ssh":
-        if not machine.running():
-            print(f"the Xen lab {args.name!r} is not running", file=sys.stderr)
-            return 1
         ssh = machine.ssh_options()
         os.execvp(ssh[0], [*ssh, *(["-t"] if not args.words else []), DESTINATION, *args.words])
+    elif args.command == "uri":
+        print(machine.libvirt_uri())
     elif args.command == "console":
         return _console(machine)
     elif args.command == "status":

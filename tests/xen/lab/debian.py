@@ -29,11 +29,14 @@ XEN_SERIES = "4.17"
 KERNEL_METAPACKAGE = "linux-image-amd64"
 
 # dom0's packages (with their dependencies, without recommends). The Xen tools must be the
-# hypervisor's version: both come from the same apt state below. Extensions of the lab (libvirtd
-# with the libxl driver, say) add theirs here.
+# hypervisor's version: both come from the same apt state below. Extensions of the lab add
+# theirs here.
 DOM0_PACKAGES = (
     f"xen-utils-{XEN_SERIES}",  # xl, xenstored, xenconsoled, Debian's /etc/init.d/xen
     "xenstore-utils",
+    "libvirt-daemon-driver-xen",  # libvirtd's libxl driver, for clients over xen+ssh://
+    "libvirt-daemon",  # libvirtd, and virt-ssh-helper: the far end of libvirt's ssh transport
+    "libvirt-clients",  # virsh, to see in dom0 what the libxl driver sees
     "python3",
     "python3-venv",  # the tests install vpsshell into a venv in dom0, from wheels
     "python3-pip",
@@ -55,6 +58,10 @@ PRUNED = (
     "var/cache/apt",
     "usr/lib/udev/hwdb.bin",
     "usr/lib/udev/hwdb.d",
+    # libvirtd's QEMU driver: dom0's libvirtd serves Xen only, and without the libvirt-qemu
+    # user (made by libvirt-daemon-system, which the lab does not install) the driver fails
+    # to initialize and takes libvirtd down with it
+    "usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so",
 )
 
 

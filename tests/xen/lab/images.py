@@ -6,9 +6,10 @@
 - ``vmlinuz``: Debian's kernel, booted as dom0 (PV);
 - ``dom0.cpio``: dom0's whole root fs as an uncompressed initramfs (it boots faster under TCG
   than a compressed one): the Debian base, the kernel modules dom0 loads, busybox init, the
-  files under ``files/dom0/`` (start script, Xen defaults, sshd, the guest's config), the
-  guest's kernel and initramfs, and the lab's ssh key;
-- ``ssh/id_ed25519``: the key root logs into dom0 with.
+  files under ``files/dom0/`` (start script, Xen defaults, sshd, libvirtd, the guest's
+  config), the guest's kernel and initramfs, the lab's ssh key and dom0's ssh host key;
+- ``ssh/id_ed25519``: the key root logs into dom0 with; ``ssh/host_ed25519_key.pub``: dom0's
+  host key, which its ssh clients check (machine.py writes their known_hosts file).
 
 The guest (domU) is Debian's kernel as a gzip'd ELF (libxc would otherwise xz-decompress the
 bzImage in dom0 on every ``xl create``, about 10 s under TCG) and a busybox initramfs made of
@@ -85,6 +86,11 @@ class Images:
     def ssh_key(self) -> Path:
         return self.directory / "ssh" / "id_ed25519"
 
+    @property
+    def host_key(self) -> Path:
+        """The public half of dom0's ssh host key."""
+        return self.directory / "ssh" / "host_ed25519_key.pub"
+
     def versions(self) -> dict[str, str]:
         return dict(json.loads((self.directory / "versions.json").read_text()))
 
@@ -151,6 +157,7 @@ def _build_images(base: Path, dest: Path) -> None:
     authorized = root / "root/.ssh/authorized_keys"
     authorized.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutil.copy(dest / "ssh/id_ed25519.pub", authorized)
+    _host_key(root / "etc/ssh", dest / "ssh/host_ed25519_key.pub")
 
     log("packing dom0's initramfs")
     _pack(root, dest / "dom0.cpio")
@@ -159,6 +166,17 @@ def _build_images(base: Path, dest: Path) -> None:
         shutil.copyfileobj(compressed, plain)
     shutil.copy(base / "vmlinuz", dest / "vmlinuz")
     shutil.copy(base / "versions.json", dest / "versions.json")
+
+
+def _host_key(ssh_dir: Path, public: Path) -> None:
+    """dom0's one ssh host key, new with each build (Debian's, made when the base was built,
+    are removed), its public half kept at ``public``: machine.py writes it into the
+    known_hosts file that ssh clients of the lab check dom0 against."""
+    for old in ssh_dir.glob("ssh_host_*"):
+        old.unlink()
+    host_key = ssh_dir / "ssh_host_ed25519_key"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "xenlab-dom0", "-f", str(host_key)])
+    shutil.copy(ssh_dir / "ssh_host_ed25519_key.pub", public)
 
 
 def _copy_tree(source: Path, target: Path) -> None:

@@ -1,14 +1,17 @@
 """Runs the Xen lab: QEMU (TCG) booting Xen, dom0 from the images, reached by ssh.
 
 QEMU runs in the background (``-daemonize``) with its state in ``CACHE/run/NAME/``: pid file,
-serial console (a Unix socket, also logged to ``serial.log``), monitor socket, the ssh port and
-the ssh connection-sharing socket. Several labs can run side by side under different names
-(two Xen hosts for a migration, say; ``qemu_args`` adds the NIC that links them); one test run
-holds a lab's lock while it uses it.
+serial console (a Unix socket, also logged to ``serial.log``), monitor socket, the ssh port,
+the ssh connection-sharing socket, ``known_hosts`` and ``libvirt-ssh``. Several labs can run
+side by side under different names (two Xen hosts for a migration, say; ``qemu_args`` adds the
+NIC that links them); one test run holds a lab's lock while it uses it.
 
 Networking: QEMU's user network with ``restrict=on``, so the lab reaches nothing outside
 itself; the only way in is ssh, forwarded from a free port on 127.0.0.1. ssh shares one
-connection (a fresh login costs about 2.5 s under TCG, a shared one about 0.3 s). Nothing here
+connection (a fresh login costs about 2.5 s under TCG, a shared one about 0.3 s) and checks
+dom0's host key against ``known_hosts`` in the run directory, written at boot from the image's
+key. dom0 runs libvirtd with the libxl driver: ``libvirt_uri()`` is how a libvirt client on
+this machine reaches it (xen+ssh through the same port, the same host key check). Nothing here
 listens on anything but 127.0.0.1 and Unix sockets in the run directory.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -24,11 +28,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 from .host import CACHE, PATH, locked, log, missing_tools
 from .images import Images
 
 RUN = CACHE / "run"
+LIBVIRT_SSH = "libvirt-ssh"  # in a lab's run directory
 DESTINATION = "root@127.0.0.1"
 READY = "XENLAB-DOM0-READY"
 CRASHED = ("Panic on CPU", "crashed on cpu", "Kernel panic")
@@ -69,7 +75,8 @@ class Machine:
     images: Images
     name: str = "default"
     memory_mib: int = 2048  # Xen, dom0 and the guests
-    dom0_memory_mib: int = 768  # dom0's root fs lives in it
+    # dom0's root fs lives in it, and while the kernel unpacks it the packed archive does too
+    dom0_memory_mib: int = 1024
     cpus: int = 2
     share: Path | None = None  # exported read-only to dom0 at /mnt/host (virtio-9p)
     xen_options: tuple[str, ...] = ()  # appended to Xen's command line: they win
@@ -95,17 +102,57 @@ class Machine:
             return False
         return True
 
+    @property
+    def ssh_port(self) -> int:
+        return int((self.run_dir / "ssh-port").read_text())
+
+    def _host_key_options(self) -> list[str]:
+        """ssh options that accept dom0's host key and no other."""
+        return [
+            *("-o", f"UserKnownHostsFile={self.run_dir / 'known_hosts'}"),
+            *("-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"),
+        ]
+
     def ssh_options(self) -> list[str]:
         """``ssh`` and its options, without the destination (``DESTINATION``)."""
-        port = (self.run_dir / "ssh-port").read_text().strip()
         return [
             "ssh",
-            *("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"),
+            *self._host_key_options(),
             *("-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"),
             *("-o", "ControlMaster=auto", "-o", "ControlPersist=600"),
             *("-o", f"ControlPath={self.run_dir / 'ssh-mux'}"),
-            *("-i", str(self.images.ssh_key), "-p", port),
+            *("-i", str(self.images.ssh_key), "-p", str(self.ssh_port)),
         ]
+
+    def libvirt_uri(self) -> str:
+        """dom0's libvirtd (the libxl driver) for a libvirt client on this machine, as root:
+        ``xen+ssh://`` through the forwarded port with the lab's key. libvirt's ssh transport
+        takes no known_hosts file, so its ``ssh`` is the run directory's ``libvirt-ssh``
+        (``command=``), which checks dom0's host key as ``ssh_options`` does."""
+        query = urlencode(
+            {
+                "keyfile": self.images.ssh_key,
+                "no_tty": 1,  # never ask anything: libvirt's client has no one to ask
+                "command": self.run_dir / LIBVIRT_SSH,
+            },
+            safe="/",
+        )
+        return f"xen+ssh://{DESTINATION}:{self.ssh_port}/system?{query}"
+
+    def _write_ssh_files(self, port: int) -> None:
+        """known_hosts with dom0's host key at this boot's port, and ``libvirt-ssh``."""
+        host_key = self.images.host_key.read_text().strip()
+        (self.run_dir / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+        ssh = shutil.which("ssh", path=PATH) or "ssh"
+        options = " ".join(shlex.quote(option) for option in self._host_key_options())
+        wrapper = self.run_dir / LIBVIRT_SSH
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            "# ssh for libvirt clients of the Xen lab (a xen+ssh URI's command=): dom0's host\n"
+            "# key only, and none of this machine's ssh configuration (-F none)\n"
+            f'exec {shlex.quote(ssh)} -F none {options} -o ConnectTimeout=10 "$@"\n'
+        )
+        wrapper.chmod(0o755)
 
     def run(self, command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """``command`` run by dom0's root shell."""
@@ -142,6 +189,7 @@ class Machine:
         self.run_dir.mkdir(parents=True)
         port = _free_port()
         (self.run_dir / "ssh-port").write_text(f"{port}\n")
+        self._write_ssh_files(port)
         share: list[str] = []
         if self.share is not None:
             share = [
