@@ -8,6 +8,11 @@ caller from the socket's peer credentials. It builds and reads messages only thr
 background watch, which speaks the same protocol on the event loop. It must never import the
 shell or the helper (``vpsshell-admin`` uses it without the tenant shell), nor anything at load
 time that ``vpsshell -c`` would not need.
+
+The socket stays blocking, its waits bounded by the kernel (``SO_SNDTIMEO``/``SO_RCVTIMEO``):
+a Python socket timeout would make every ``send``/``recv`` a ``poll`` plus the call. A reply is
+read with one ``recv`` where it fits; a request whose reply hands the connection over (a
+console) reads exactly its reply and nothing of what follows it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,21 @@ from vpsshell.errors import TemporaryFailure, Unavailable, VpsError, error_from_
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_REPLY_TIMEOUT_SECONDS = 90.0
+RECV_BYTES = protocol.HEADER.size + protocol.MAX_FRAME_BYTES  # a whole frame in one recv
 PENDING: Any = object()  # ``reply_result``: not the final reply yet
+
+
+def _bound_waits(sock: socket.socket, seconds: float | None) -> None:
+    """Limit each ``send``/``recv`` (and ``connect``) of the blocking ``sock`` to ``seconds``
+    (None: no limit); when the limit passes, the call fails with ``EAGAIN``."""
+    if seconds is None:
+        whole, micro = 0, 0
+    else:
+        seconds = max(seconds, 0.001)  # 0 would mean no limit at all
+        whole, micro = int(seconds), int(seconds % 1 * 1_000_000)
+    value = struct.pack("@ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
 
 
 def unreachable(path: str, exc: OSError) -> Unavailable:
@@ -55,6 +74,9 @@ class HelperClient:
         self.path = path
         self._sock: socket.socket | None = None
         self._next_id = 1
+        self._waits: float | None = None  # the bound of the socket's sends and recvs
+        self._read_ahead = bytearray()  # received, not yet taken
+        self._exact_reads = False  # True while a request that hands the socket over waits
 
     def _connect(self) -> socket.socket:
         if self._sock is not None:
@@ -63,16 +85,14 @@ class HelperClient:
         # Blocking, bounded by SO_SNDTIMEO: while another tenant floods the helper its listen
         # queue is full, and a blocking connect() waits its turn in the kernel. With
         # settimeout() Python would connect non-blocking, and a full queue fails at once.
-        seconds = int(CONNECT_TIMEOUT_SECONDS)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", seconds, 0))
+        _bound_waits(sock, CONNECT_TIMEOUT_SECONDS)
         try:
             sock.connect(self.path)
         except OSError as exc:
             sock.close()
             raise unreachable(self.path, exc) from None
-        # the bound was for connecting: a console's writes may wait for the helper much longer
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 0))
-        self._sock = sock
+        self._sock, self._waits = sock, CONNECT_TIMEOUT_SECONDS
+        self._read_ahead.clear()
         return sock
 
     def open_console(self, op: str, args: dict[str, Any]) -> tuple[Any, socket.socket]:
@@ -81,10 +101,14 @@ class HelperClient:
 
         Returns the reply's result and the socket, which now belongs to the caller (this
         client will open a new connection for any later request)."""
-        result = self.call(op, args, timeout=30.0)
+        self._exact_reads = True
+        try:
+            result = self.call(op, args, timeout=30.0)
+        finally:
+            self._exact_reads = False
         sock = self._connect()
         self._sock = None
-        sock.settimeout(None)
+        _bound_waits(sock, None)  # a console waits for its peer as long as it takes
         return result, sock
 
     def close(self) -> None:
@@ -92,20 +116,24 @@ class HelperClient:
             self._sock.close()
             self._sock = None
 
-    def _recv_exact(self, sock: socket.socket, count: int) -> bytes:
-        chunks = []
-        while count:
-            chunk = sock.recv(count)
+    def _take(self, sock: socket.socket, count: int, exact: bool) -> bytes:
+        """The next ``count`` bytes: those read ahead, then from the socket, reading ahead as
+        much as comes unless ``exact`` (what follows belongs to whoever takes the socket)."""
+        buffer = self._read_ahead
+        while len(buffer) < count:
+            chunk = sock.recv(count - len(buffer) if exact else RECV_BYTES)
             if not chunk:
                 raise Unavailable("the vpsshell helper closed the connection")
-            chunks.append(chunk)
-            count -= len(chunk)
-        return b"".join(chunks)
+            buffer += chunk
+        taken = bytes(buffer[:count])
+        del buffer[:count]
+        return taken
 
-    def _read_message(self, sock: socket.socket) -> dict[str, Any]:
+    def _read_message(self, sock: socket.socket, exact: bool) -> dict[str, Any]:
         while True:
-            frame_type, length = protocol.parse_header(self._recv_exact(sock, protocol.HEADER.size))
-            payload = self._recv_exact(sock, length)
+            header = self._take(sock, protocol.HEADER.size, exact)
+            frame_type, length = protocol.parse_header(header)
+            payload = self._take(sock, length, exact)
             if frame_type == protocol.FRAME_MESSAGE:
                 return protocol.decode_message(payload)
 
@@ -122,7 +150,9 @@ class HelperClient:
         request_id = self._next_id
         self._next_id += 1
         try:
-            sock.settimeout(timeout)
+            if timeout != self._waits:
+                _bound_waits(sock, timeout)
+                self._waits = timeout
             try:
                 sock.sendall(protocol.encode_message(protocol.request(request_id, op, args or {})))
             except (BrokenPipeError, ConnectionResetError):
@@ -130,12 +160,13 @@ class HelperClient:
                 # and closed it: its one-line reason may still be waiting to be read
                 pass
             while True:
-                result = reply_result(self._read_message(sock), request_id, on_progress)
+                message = self._read_message(sock, self._exact_reads)
+                result = reply_result(message, request_id, on_progress)
                 if result is not PENDING:
                     return result
         except VpsError:
             raise
-        except TimeoutError:
+        except (BlockingIOError, TimeoutError):  # EAGAIN: the bound of _bound_waits passed
             self.close()
             raise TemporaryFailure("timed out waiting for the vpsshell helper") from None
         except (OSError, protocol.ProtocolError) as exc:

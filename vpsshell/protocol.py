@@ -55,8 +55,12 @@ def encode_frame(frame_type: int, payload: bytes) -> bytes:
     return HEADER.pack(frame_type, len(payload)) + payload
 
 
+# built once: ``json.dumps`` with any non-default option builds an encoder on every call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 def encode_message(message: dict[str, Any]) -> bytes:
-    payload = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    payload = _ENCODER.encode(message).encode("ascii")
     return encode_frame(FRAME_MESSAGE, payload)
 
 
@@ -199,20 +203,31 @@ async def read_frame(
     None if the stream ends (end of file, a reset) before the first byte of a frame, or no byte
     comes for ``idle_timeout`` seconds (None: wait for ever). Once a byte has come the rest of
     the frame must follow within ``FRAME_SECONDS``, else ``IncompleteFrame``; a header it must
-    not read raises ``ProtocolError`` before its payload is read."""
+    not read raises ``ProtocolError`` before its payload is read.
+
+    One deadline serves both waits, moved once the first byte is in: this is on the path of
+    every request, and ``asyncio.wait_for`` would cost a task of its own and two more turns of
+    the event loop per frame (and on 3.11 it can lose a cancellation, cpython gh-86296)."""
     import asyncio
 
+    begun = False
     try:
-        first = await asyncio.wait_for(reader.readexactly(1), idle_timeout)
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-        return None
-    try:
-        async with asyncio.timeout(FRAME_SECONDS):
-            frame_type, length = parse_header(first + await reader.readexactly(HEADER.size - 1))
-            return frame_type, await reader.readexactly(length)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        raise IncompleteFrame("connection closed in the middle of a frame") from None
+        async with asyncio.timeout(idle_timeout) as deadline:
+            try:
+                first = await reader.readexactly(1)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            begun = True
+            deadline.reschedule(asyncio.get_running_loop().time() + FRAME_SECONDS)
+            try:
+                rest = await reader.readexactly(HEADER.size - 1)
+                frame_type, length = parse_header(first + rest)
+                return frame_type, await reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                raise IncompleteFrame("connection closed in the middle of a frame") from None
     except TimeoutError:
+        if not begun:
+            return None
         raise IncompleteFrame(f"no complete frame within {FRAME_SECONDS:g} s") from None
 
 

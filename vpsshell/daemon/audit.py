@@ -35,6 +35,11 @@ MAX_FOLDS = 10_000  # distinct keys being folded at once; past that, records are
 ERROR_LOG_EVERY_SECONDS = 60.0
 
 
+# built once (``json.dumps`` with options builds one per call); ASCII-only output, so nothing
+# a tenant sends can become a line break or a byte the log's readers choke on
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=str)
+
+
 def _clip(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
         return value[:MAX_FIELD_CHARS] + "..."
@@ -92,7 +97,7 @@ class AuditLog:
         """Append one record; False if it could not be written (the failure is logged)."""
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record.update({key: _clip(value) for key, value in fields.items()})
-        line = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
+        line = _ENCODER.encode(record) + "\n"
         data = line.encode("ascii")
         if self._broken_line:
             data = b"\n" + data
