@@ -49,18 +49,24 @@ def check_backend_table(
 
 def check_timeout(table: dict[str, Any], default: float, low: float, high: float) -> float:
     """``backend.timeout_seconds``: a finite number of seconds from ``low`` to ``high``."""
-    timeout = table.get("timeout_seconds", default)
+    return check_seconds(table, "timeout_seconds", default, low, high)
+
+
+def check_seconds(
+    table: dict[str, Any], key: str, default: float, low: float, high: float
+) -> float:
+    """``backend.KEY``: a finite number of seconds from ``low`` to ``high``."""
+    value = table.get(key, default)
     if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or not low <= timeout <= high
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
     ):
         raise BackendConfigError(
-            f"backend.timeout_seconds: must be a number of seconds from {low:g} to {high:g}, "
-            f"got {timeout!r}"
+            f"backend.{key}: must be a number of seconds from {low:g} to {high:g}, got {value!r}"
         )
-    return float(timeout)
+    return float(value)
 
 
 def check_host_label(where: str, value: Any) -> str:
@@ -81,6 +87,12 @@ class DomainState(str, Enum):
     STARTING = "starting"
     SHUTTING_DOWN = "shutting-down"
     UNKNOWN = "unknown"  # its host cannot be reached: what it last reported is not shown
+
+
+#: states in which a domain exists as a running guest (it has an uptime, a console...)
+ACTIVE_STATES = frozenset(
+    {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
+)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from vpsshell.backends.base import (
+    ACTIVE_STATES,
     Backend,
     ConsoleStream,
     DomainInfo,
@@ -38,9 +39,8 @@ from vpsshell.backends.base import (
 )
 from vpsshell.backends.libvirt_config import LibvirtConfig, parse_libvirt_config
 from vpsshell.backends.libvirt_console import LibvirtConsoleStream
-from vpsshell.backends.libvirt_host import CONNECTING, LibvirtHost, RawEvent, ensure_event_loop
+from vpsshell.backends.libvirt_host import LibvirtHost, RawEvent, ensure_event_loop
 from vpsshell.backends.libvirt_inventory import (
-    ACTIVE_STATES,
     AmbiguousCopies,
     DomainRecord,
     Inventory,
@@ -386,10 +386,8 @@ class LibvirtBackend(Backend):
         is not waited for (its domains are unknown)."""
         deadline = time.monotonic() + self.config.timeout_seconds
         while True:
-            waiting = [
-                self._settled[host.name]
-                for host in self.hosts
-                if host.state == CONNECTING and not self._settled[host.name].is_set()
+            waiting = [  # lost hosts are settled: only those on their way are waited for
+                event for event in self._settled.values() if not event.is_set()
             ]
             if not waiting or (names and all(self._seen.named(name) for name in names)):
                 return
@@ -616,6 +614,7 @@ class LibvirtBackend(Backend):
             return  # the host's state says why; the reconnect brings another inventory
         except libvirt.libvirtError as exc:
             logger.warning("host %s: listing domains failed: %s", host.name, exc)
+            self._settled[host.name].set()  # nothing to wait for: it answered, without a list
             return
         before = self._seen.replace(host.name, records)
         self._settled[host.name].set()

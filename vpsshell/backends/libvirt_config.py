@@ -12,7 +12,6 @@ the defaults of every host.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from vpsshell.backends.base import (
     BackendConfigError,
     check_backend_table,
     check_host_label,
+    check_seconds,
     check_table,
     check_timeout,
 )
@@ -62,7 +62,7 @@ def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
     """Validate the ``[backend]`` table of a libvirt backend."""
     check_backend_table(table, "libvirt", _TABLE_KEYS)
     timeout = check_timeout(table, DEFAULT_TIMEOUT_SECONDS, *_TIMEOUT_RANGE)
-    refresh = _number(table, "refresh_seconds", DEFAULT_REFRESH_SECONDS, *_REFRESH_RANGE)
+    refresh = check_seconds(table, "refresh_seconds", DEFAULT_REFRESH_SECONDS, *_REFRESH_RANGE)
     keepalive = _keepalive("backend", table, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_COUNT)
     entries = table.get("hosts")
     if not isinstance(entries, list) or not entries:
@@ -84,21 +84,6 @@ def parse_libvirt_config(table: dict[str, Any]) -> LibvirtConfig:
                 )
             seen[value] = index
     return LibvirtConfig(hosts=tuple(hosts), timeout_seconds=timeout, refresh_seconds=refresh)
-
-
-def _number(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
-    """``backend.KEY``: a finite number from ``low`` to ``high``."""
-    value = table.get(key, default)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not low <= value <= high
-    ):
-        raise BackendConfigError(
-            f"backend.{key}: must be a number from {low:g} to {high:g}, got {value!r}"
-        )
-    return float(value)
 
 
 def _keepalive(where: str, table: dict[str, Any], interval: int, count: int) -> tuple[int, int]:

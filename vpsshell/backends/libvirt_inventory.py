@@ -17,12 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vpsshell.backends.base import DomainState
-
-#: states in which a copy of a domain is the live one (a shut-off copy never is, while any is)
-ACTIVE_STATES = frozenset(
-    {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
-)
+from vpsshell.backends.base import ACTIVE_STATES, DomainState
 
 
 @dataclass(frozen=True)

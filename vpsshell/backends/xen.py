@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpsshell.backends.base import (
+    ACTIVE_STATES,
     Backend,
     ConsoleStream,
     DomainInfo,
@@ -83,9 +84,6 @@ CONFIG_FILE_MAX_BYTES = 1 << 20
 LIST_TRIES = 3  # xl list -v that fails fast is tried again (see _list_verbose)
 LIST_RETRY_SECONDS = 0.3
 LONG_LIST_TRIES = 3  # a domain missing from xl list -l (shutting down) is not asked for forever
-_UP = frozenset(
-    {DomainState.RUNNING, DomainState.PAUSED, DomainState.SHUTTING_DOWN, DomainState.STARTING}
-)
 
 
 @dataclass(frozen=True)
@@ -733,7 +731,7 @@ class XenBackend(Backend):
         else:
             vcpus, memory = 0, 0
         uptime: int | None = None
-        if row is not None and state in _UP:
+        if row is not None and state in ACTIVE_STATES:
             started = self._start_times.get(row.domid)
             if started is not None:
                 uptime = int(max(0.0, time.time() - started))
