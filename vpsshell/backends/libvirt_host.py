@@ -41,6 +41,7 @@ logger = logging.getLogger("vpsshell.libvirt")
 
 T = TypeVar("T")
 
+STUCK_CONNECTS_MAX = 4  # connection attempts left hanging on a host before none is begun
 RECONNECT_FIRST_DELAY_SECONDS = 0.5
 RECONNECT_MAX_DELAY_SECONDS = 30.0
 CLOSE_WAIT_SECONDS = 2.0
@@ -149,6 +150,8 @@ class LibvirtHost:
         self._in_use: dict[int, int] = {}  # id(connection) -> calls running on it
         self._retired: dict[int, tuple[Any, list[int]]] = {}  # to close when idle
         self._connecting: asyncio.Future[tuple[Any, list[int]]] | None = None
+        self._connecting_since = 0.0
+        self._abandoned: set[asyncio.Future[tuple[Any, list[int]]]] = set()
         self._overdue: set[asyncio.Future[Any]] = set()
         self._reconnect: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
@@ -328,8 +331,11 @@ class LibvirtHost:
         if self._conn is not None:
             return self._conn
         connecting = self._connecting
+        if connecting is not None and self._stuck(connecting):
+            connecting = None  # begin another: a stuck one may never end (no TLS timeout)
         if connecting is None:
             connecting = self._connecting = self._spawn(self._open_blocking, "connect")
+            self._connecting_since = time.monotonic()
             connecting.add_done_callback(self._opened)
         try:
             return (await self._wait(connecting, "connect"))[0]
@@ -372,8 +378,30 @@ class LibvirtHost:
             logger.info("host %s: no reboot events (%s)", self.name, exc.get_error_message())
         return conn, ids
 
-    def _opened(self, future: asyncio.Future[tuple[Any, list[int]]]) -> None:
+    def _stuck(self, connecting: asyncio.Future[tuple[Any, list[int]]]) -> bool:
+        """Has this connection attempt hung long enough to leave it and begin another?
+        libvirt has no timeout of its own for a TLS handshake a host never answers; at most
+        ``STUCK_CONNECTS_MAX`` attempts are left hanging at a time (each holds a thread)."""
+        if time.monotonic() - self._connecting_since < 2 * self.timeout:
+            return False
+        if len(self._abandoned) >= STUCK_CONNECTS_MAX:
+            return False
+        self._abandoned.add(connecting)
+        self._overdue.discard(connecting)
         self._connecting = None
+        return True
+
+    def _opened(self, future: asyncio.Future[tuple[Any, list[int]]]) -> None:
+        if future in self._abandoned:
+            self._abandoned.discard(future)
+            if future.cancelled() or future.exception() is not None:
+                return
+            conn, ids = future.result()
+            if self._conn is not None or self._closing:
+                self._retire(conn, ids)  # a later attempt won meanwhile
+                return
+        elif future is self._connecting:
+            self._connecting = None
         if future.cancelled():
             return
         error = future.exception()
@@ -384,7 +412,7 @@ class LibvirtHost:
             self._ensure_reconnecting()
             return
         conn, ids = future.result()
-        if self._closing:
+        if self._closing or self._conn is not None:  # stopping, or another attempt won
             self._retire(conn, ids)
             return
         self._conn, self._callback_ids = conn, ids
