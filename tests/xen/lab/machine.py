@@ -259,7 +259,10 @@ class Machine:
             monitor.settimeout(5)
             monitor.connect(str(self.run_dir / "monitor.sock"))
             monitor.sendall(b"quit\n")
-            monitor.recv(4096)
+            # read until QEMU closes the monitor as it exits: closing first could leave the
+            # command unread, and QEMU running until the SIGKILL below (10 s later)
+            while monitor.recv(4096):
+                pass
         deadline = time.monotonic() + 10
         while self.running() and time.monotonic() < deadline:
             time.sleep(0.1)
