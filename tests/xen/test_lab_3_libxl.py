@@ -192,7 +192,6 @@ def test_03_reboot_boots_it_again_on_the_same_console(
 ) -> None:
     rebooted = run(OWNER, gateway, f"reboot {GUEST}")
     assert rebooted.code == 0, rebooted
-    console.expect_exact("Requesting system reboot")  # the guest's init, told by Xen
     console.expect_exact("XENLAB-DOMU-READY")  # a new Xen domain, its console reopened
     in_guest(console, "echo AFTER-$((6*7))", "AFTER-42")
     assert status(gateway)["state"] == "running"
@@ -208,8 +207,7 @@ def test_04_shutdown_waits_until_shut_off(gateway: Helper, console: pexpect.spaw
     down = run(OWNER, gateway, f"shutdown {GUEST} --wait=50")  # within run()'s 60 s
     assert down.code == 0, down
     assert f"{GUEST}: shut off" in down.out, down
-    console.expect_exact("Requesting system poweroff")
-    console.expect_exact(f"[vpsshell: {GUEST} stopped]")
+    console.expect_exact(f"[vpsshell: {GUEST} stopped]")  # (the reboot's came before READY)
     info = status(gateway)
     assert (info["state"], info["uptime_seconds"]) == ("shutoff", None)
     console.sendcontrol("]")
