@@ -15,7 +15,9 @@ The ``xenlab`` session fixture, once per run:
 3. installs vpsshell into a venv in dom0 (dom0 has no network: wheels only);
 4. writes the domain config files, the helper's config and policy, and creates two tenants.
 It stops the lab at the end unless ``VPSSHELL_XENLAB_KEEP=1``. Timings of each step and of each
-lab test are printed at the end of the run.
+lab test are printed at the end of the run. dom0 also runs libvirtd with the libxl driver from
+its boot: test_lab_3_libxl.py drives it from a helper outside the lab, over xen+ssh, once the
+tests that run a helper in dom0 are done.
 """
 
 from __future__ import annotations
