@@ -6,7 +6,7 @@ machine, outside the lab, with the libvirt backend and one host, ``xen1``, whose
 lab's ``Machine.libvirt_uri()``: ``xen+ssh://`` through the lab's forwarded ssh port, as root
 with the lab's key, ``virt-ssh-helper`` at dom0's end; dom0's host key is checked against the
 known_hosts file the lab writes at boot from its image's host key (libvirt's ssh transport
-takes no known_hosts file, so the URI's ``command=`` names a two-line ssh wrapper that does).
+takes no known_hosts file, so the URI's ``command=`` names a small ssh wrapper that does).
 The guest ``lx-web1`` is the lab's PV guest (its xl config converted by libvirt, renamed) defined
 through that URI, as an admin would. ``vpst-alice`` may operate it, ``vpst-bob`` nothing; each
 command is the real ``vpsshell -c`` as that user, the console a real pty. The tests run in order
