@@ -271,6 +271,39 @@ def test_a_dead_host_is_a_quick_temporary_failure_logged_once(
 # -- events -------------------------------------------------------------------------------
 
 
+def test_a_restart_under_a_new_id_is_a_reboot_and_the_old_runs_stop_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """libxl reboots a domain by creating a new one: "started" with a new id, then "stopped"
+    of the old id, and no reboot event."""
+
+    async def main() -> None:
+        backend = await opened(table(("node1", test_uri("node1.xml"))), tmp_path)
+        events: list[LifecycleEvent] = []
+        backend.subscribe(events.append)
+        web1 = await backend.lookup("web1")
+        assert web1 is not None
+        host = backend.hosts[0]
+
+        def lifecycle(domain_id: int, event: int, detail: int) -> None:
+            raw = RawEvent(host, web1.uuid, "web1", domain_id, "lifecycle", event, detail)
+            backend._on_raw_event(raw)
+
+        lv = libvirt
+        lifecycle(7, lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_STARTED_BOOTED)
+        lifecycle(8, lv.VIR_DOMAIN_EVENT_STARTED, lv.VIR_DOMAIN_EVENT_STARTED_BOOTED)
+        lifecycle(7, lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        lifecycle(8, lv.VIR_DOMAIN_EVENT_STOPPED, lv.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+        assert [(e.kind, e.detail) for e in events] == [
+            ("started", ""),
+            ("rebooted", "guest"),
+            ("stopped", "shutdown"),
+        ]
+        await backend.close()
+
+    run(main())
+
+
 def test_libvirt_events_become_lifecycle_events(tmp_path: Path) -> None:
     async def main() -> None:
         backend = await opened(table(("node1", test_uri("node1.xml"))), tmp_path)
@@ -318,6 +351,7 @@ def test_libvirt_events_become_lifecycle_events(tmp_path: Path) -> None:
         assert {(e.uuid, e.name) for e in events} == {(web1.uuid, "web1")}
         # a reboot event right after our own reset names it
         seen = len(events)
+        backend._running_id.clear()  # the runs injected above never were
         await backend.start(web1.uuid)
         while len(events) == seen:  # the test driver's own "started", asynchronously
             await asyncio.sleep(0.01)

@@ -200,6 +200,7 @@ class LibvirtBackend(Backend):
         self._unusable: set[tuple[str, str]] = set()  # (host, name) already reported
         self._own_action: dict[str, tuple[str, float]] = {}  # uuid -> (verb, monotonic)
         self._last_reboot: dict[str, float] = {}
+        self._running_id: dict[str, int] = {}  # uuid -> libvirt id of the run last started
         self._streams: set[LibvirtConsoleStream] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -437,7 +438,7 @@ class LibvirtBackend(Backend):
         if chosen is None or chosen[1].name != name:
             return None  # renamed meanwhile: the copy that is the domain has another name
         host = self._hosts_by_name[chosen[0]]
-        if not self._usable(host, name):
+        if _is_xen_dom0(host.uri, chosen[1]) or not self._usable(host, name):
             return None
         return host, chosen[1]
 
@@ -618,6 +619,9 @@ class LibvirtBackend(Backend):
             return
         before = self._seen.replace(host.name, records)
         self._settled[host.name].set()
+        for record in records:  # which run is current, for a restart under a new id
+            if record.state in ACTIVE_STATES and record.domain_id > 0:
+                self._running_id.setdefault(record.uuid, record.domain_id)
         for uuid in changed:  # events came while listing: the listing may predate them
             self._reread_soon(host, uuid)
         changed.clear()
@@ -778,12 +782,28 @@ class LibvirtBackend(Backend):
         if mapped is None:
             return  # defined, undefined, suspended, resumed: no tenant-visible event
         kind, detail = mapped
+        running = self._running_id.get(uuid)
+        if kind == "stopped" and running is not None and 0 < raw.domain_id != running:
+            return  # an earlier run of it, reported after its successor started (libxl)
+        if kind == "started" and running is not None and 0 < running != raw.domain_id:
+            # started again under a new id without being seen to stop: libxl's reboot is a
+            # new domain, and it sends no reboot event
+            self._running_id[uuid] = raw.domain_id
+            verb, at = self._own_action.pop(uuid, ("", 0.0))
+            recent = verb and time.monotonic() - at < OWN_ACTION_SECONDS
+            self._book.booted(key, raw.domain_id)
+            self.emit(LifecycleEvent("rebooted", uuid, raw.name, verb if recent else "guest"))
+            return
         if kind == "migrated":  # "out": the source's half of a migration
+            self._running_id.pop(uuid, None)
             self._book.stopped(key)
         elif kind == "started":
             self._last_active[uuid] = host.name
+            if raw.domain_id > 0:
+                self._running_id[uuid] = raw.domain_id
             self._book.started(key, raw.domain_id)
         elif kind == "stopped":
+            self._running_id.pop(uuid, None)
             self._book.stopped(key)
         self.emit(LifecycleEvent(kind, uuid, raw.name, detail))
 
@@ -808,6 +828,12 @@ class LibvirtBackend(Backend):
             logger.warning("host %s: incoming migration of %s ended", host.name, raw.name)
             return True
         return False
+
+
+def _is_xen_dom0(uri: str, record: DomainRecord) -> bool:
+    """Xen's Domain-0, which libvirt's libxl driver lists as a running domain: it is the
+    host itself, never a tenant's (the xen backend hides it the same way)."""
+    return record.domain_id == 0 and urllib.parse.urlsplit(uri).scheme.split("+")[0] == "xen"
 
 
 def migration_address(uri: str) -> str | None:
