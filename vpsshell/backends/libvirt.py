@@ -251,6 +251,13 @@ class LibvirtBackend(Backend):
         return await self._lookup_live(name)
 
     async def info(self, uuid: str) -> DomainInfo:
+        """From the record when it is current (one copy, its host answering: the record
+        follows every event and action of the domain), else read from its host."""
+        copies = self._seen.copies(uuid)
+        if len(copies) == 1 and is_uuid(uuid):
+            host = self._hosts_by_name[copies[0][0]]
+            if host.answering:
+                return self._info(host, copies[0][1])
         host, record = await self._on_domain(uuid, "status", _read)
         return self._info(host, record)
 
@@ -509,7 +516,7 @@ class LibvirtBackend(Backend):
             if isinstance(result, DomainRecord):
                 self._seen.put(host.name, result)
             else:
-                self._reread_soon(host, uuid)  # what the action changed, for list
+                await self._read_after_action(host, uuid)
             return host, result
         raise AssertionError("unreachable")
 
@@ -549,6 +556,20 @@ class LibvirtBackend(Backend):
             raise self._ambiguous(self._name_of(uuid), exc) from None
         assert chosen is not None
         return self._hosts_by_name[chosen[0]]
+
+    async def _read_after_action(self, host: LibvirtHost, uuid: str) -> None:
+        """The domain as the action left it, into the record before the action returns (a
+        ``status`` right after it is answered from the record). The action is done either
+        way: a host that cannot answer now leaves the record to the next event or read."""
+        try:
+            record = await host.call(lambda conn: _by_uuid(conn, uuid), "lookup")
+        except (VpsError, libvirt.libvirtError):
+            self._reread_soon(host, uuid)
+            return
+        if record is None:
+            self._seen.remove(host.name, uuid)
+        else:
+            self._seen.put(host.name, record)
 
     async def _find_host(self, uuid: str) -> LibvirtHost:
         """Ask every connected host for a UUID the record does not hold."""
