@@ -119,6 +119,15 @@ allow user:vpst-bob    @viewer   web4 expires=2999-12-31
 """
 
 
+def libvirt_backend(hosts: list[tuple[str, str]], **keys: object) -> str:
+    """A ``[backend]`` table of the libvirt backend naming these (label, uri) hosts, with
+    ``keys`` (``timeout_seconds=5``...) in the table."""
+    lines = ["[backend]", 'type = "libvirt"', *(f"{k} = {json.dumps(v)}" for k, v in keys.items())]
+    for name, uri in hosts:
+        lines += ["", "[[backend.hosts]]", f"name = {json.dumps(name)}", f"uri = {json.dumps(uri)}"]
+    return "\n".join(lines) + "\n"
+
+
 class Helper:
     """A real ``vpsshelld`` process with its own config, policy dir, audit log and sockets."""
 
@@ -167,6 +176,12 @@ class Helper:
             """)
             + SIM_DOMAINS
         )
+
+    def set_backend(self, table: str) -> None:
+        """Replace the config's ``[backend]`` table (its last part) with ``table``, for a
+        helper not started yet."""
+        config = self.config.read_text()
+        self.config.write_text(config[: config.index("[backend]")] + table)
 
     def write_policy(self, name: str, text: str, mode: int = 0o644) -> Path:
         path = self.policy_dir / name

@@ -773,10 +773,7 @@ class FleetLab:
     def configure(self, helper: Any, **backend_keys: object) -> None:
         """Point a ``harness.Helper`` (not started yet) at this fleet: its ``[backend]``
         table, which its config ends with, becomes this fleet's."""
-        config = helper.config.read_text()
-        helper.config.write_text(
-            config[: config.index("[backend]")] + self.backend_toml(backend_keys)
-        )
+        helper.set_backend(self.backend_toml(backend_keys))
 
     # --- an admin's tools ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Helper, run, wait_until
+from harness import Helper, libvirt_backend, run, wait_until
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
@@ -32,11 +32,7 @@ deny  user:vpst-mallory *        *   reason="suspended"
 def libvirt_helper(root: Path, hosts: list[tuple[str, str]], timeout: float = 5) -> Helper:
     """A Helper whose config names the libvirt backend with these (label, uri) hosts."""
     helper = Helper(root, policy=POLICY)
-    config = helper.config.read_text()
-    backend = f'[backend]\ntype = "libvirt"\ntimeout_seconds = {timeout}\n'
-    for name, uri in hosts:
-        backend += f'\n[[backend.hosts]]\nname = "{name}"\nuri = "{uri}"\n'
-    helper.config.write_text(config[: config.index("[backend]")] + backend)
+    helper.set_backend(libvirt_backend(hosts, timeout_seconds=timeout))
     return helper
 
 

@@ -28,7 +28,16 @@ from typing import Any
 
 import pexpect
 import pytest
-from harness import BIN, DEFAULT_POLICY, Helper, python_as, run, start_and_wait, wait_until
+from harness import (
+    BIN,
+    DEFAULT_POLICY,
+    Helper,
+    libvirt_backend,
+    python_as,
+    run,
+    start_and_wait,
+    wait_until,
+)
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -148,11 +157,7 @@ def test_driver() -> Iterator[tuple[Any, str]]:
 
 def libvirt_helper(root: Path, policy: str) -> Helper:
     helper = Helper(root, policy=policy)
-    config = helper.config.read_text()
-    backend = '[backend]\ntype = "libvirt"\n\n[[backend.hosts]]\nname = "node1"\n'
-    helper.config.write_text(
-        config[: config.index("[backend]")] + backend + 'uri = "test:///default"\n'
-    )
+    helper.set_backend(libvirt_backend([("node1", "test:///default")]))
     return helper
 
 

@@ -251,12 +251,13 @@ class LibvirtBackend(Backend):
         return await self._lookup_live(name)
 
     async def info(self, uuid: str) -> DomainInfo:
-        """From the record when it is current (one copy, its host answering: the record
-        follows every event and action of the domain), else read from its host."""
+        """From the record when it is current (one copy, its host answered within the
+        timeout: the record follows every event and action of the domain), else read from
+        its host (so a host that stopped answering gives a temporary failure in time)."""
         copies = self._seen.copies(uuid)
         if len(copies) == 1 and is_uuid(uuid):
             host = self._hosts_by_name[copies[0][0]]
-            if host.answering:
+            if host.answered_lately:
                 return self._info(host, copies[0][1])
         host, record = await self._on_domain(uuid, "status", _read)
         return self._info(host, record)

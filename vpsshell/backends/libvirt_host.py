@@ -141,6 +141,7 @@ class LibvirtHost:
         self.since = time.time()
         self.last_error = ""
         self._lost = False  # reported lost, not back yet
+        self._answered_at = 0.0  # monotonic time of the last call that returned
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
         self._callback_ids: list[int] = []
@@ -165,6 +166,12 @@ class LibvirtHost:
     def answering(self) -> bool:
         """Connected, and no call is overdue: its domains' states can be believed."""
         return self.state == CONNECTED
+
+    @property
+    def answered_lately(self) -> bool:
+        """Answering, and it answered a call or a keepalive probe within the timeout: what
+        it last said of its domains may stand for what it would say now."""
+        return self.answering and time.monotonic() - self._answered_at < self.timeout
 
     def start(self) -> None:
         """Begin connecting in the background (returns at once), and probing the host."""
@@ -273,6 +280,7 @@ class LibvirtHost:
             if future.done():
                 return
             if ok:
+                self._answered_at = time.monotonic()
                 future.set_result(value)
             else:
                 future.set_exception(value)
