@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ logger = logging.getLogger("vpsshell.libvirt")
 
 T = TypeVar("T")
 
+# Threads that run one host's calls: a call costs no thread start, and a hung host holds at
+# most this many (below libvirtd's default of 5 requests in progress per client).
+WORKERS_PER_HOST = 4
 STUCK_CONNECTS_MAX = 4  # connection attempts left hanging on a host before none is begun
 RECONNECT_FIRST_DELAY_SECONDS = 0.5
 RECONNECT_MAX_DELAY_SECONDS = 30.0
@@ -105,6 +109,66 @@ class RawEvent:
     detail: int = -1
 
 
+class _Job:
+    """One call for a host's workers; one the caller gave up on before it began never runs
+    (a call queued behind calls a hung host holds must not act minutes later)."""
+
+    def __init__(self, run: Callable[[], None], on_skip: Callable[[], None]) -> None:
+        self._run = run
+        self._on_skip = on_skip
+        self._lock = threading.Lock()
+        self._started = False
+        self._given_up = False
+
+    def give_up(self) -> bool:
+        """True if it had not begun (and now never will)."""
+        with self._lock:
+            if not self._started:
+                self._given_up = True
+            return self._given_up
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._given_up:
+                skipped = True
+            else:
+                skipped, self._started = False, True
+        if skipped:
+            self._on_skip()
+        else:
+            self._run()
+
+
+class _Workers:
+    """A few daemon threads, started as needed, running one host's calls in order."""
+
+    def __init__(self, name: str, count: int) -> None:
+        self._name = name
+        self._count = count
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            start = self._idle == 0 and self._threads < self._count
+            if start:
+                self._threads += 1
+        self._jobs.put(job)
+        if start:
+            threading.Thread(target=self._work, name=self._name, daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            job()
+
+
 class ConnectionLost(Exception):
     """A call failed because the connection is gone (libvirtd stopped or restarted)."""
 
@@ -142,6 +206,8 @@ class LibvirtHost:
         self.last_error = ""
         self._lost = False  # reported lost, not back yet
         self._answered_at = 0.0  # monotonic time of the last call that returned
+        self._workers = _Workers(f"libvirt-{config.name}", WORKERS_PER_HOST)
+        self._queued: dict[asyncio.Future[Any], _Job] = {}  # calls given to the workers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: Any = None
         self._callback_ids: list[int] = []
@@ -252,7 +318,8 @@ class LibvirtHost:
         self._enter(conn)  # on the loop, before the thread exists: no close can slip between
 
         try:
-            return await self._wait(self._spawn(guarded, what), what, timeout)
+            running = self._spawn(guarded, what, pooled=True, on_skip=lambda: self._leave(conn))
+            return await self._wait(running, what, timeout)
         except ConnectionLost as exc:
             self._drop(conn, str(exc))
             raise self.unreachable() from None
@@ -270,7 +337,17 @@ class LibvirtHost:
             )
         return TemporaryFailure(f"host {self.name} cannot be reached right now; try again later")
 
-    def _spawn(self, work: Callable[[], T], what: str) -> asyncio.Future[T]:
+    def _spawn(
+        self,
+        work: Callable[[], T],
+        what: str,
+        *,
+        pooled: bool = False,
+        on_skip: Callable[[], None] = lambda: None,
+    ) -> asyncio.Future[T]:
+        """Run ``work`` off the loop: on the host's workers (``pooled``: calls), or on a
+        thread of its own (connecting, closing, the keepalive probe: never queued behind
+        calls a hung host holds)."""
         loop = self._bind_loop()
         future: asyncio.Future[T] = loop.create_future()
         # an overdue call may end with an exception nobody awaits any more: read it here
@@ -295,7 +372,13 @@ class LibvirtHost:
             except RuntimeError:
                 pass  # the loop is closed: nobody is waiting for this any more
 
-        threading.Thread(target=run, name=f"libvirt-{self.name}-{what}", daemon=True).start()
+        if pooled:
+            job = _Job(run, on_skip)
+            self._queued[future] = job
+            future.add_done_callback(lambda done: self._queued.pop(done, None))
+            self._workers.submit(job)
+        else:
+            threading.Thread(target=run, name=f"libvirt-{self.name}-{what}", daemon=True).start()
         return future
 
     async def _wait(self, future: asyncio.Future[T], what: str, timeout: float | None = None) -> T:
@@ -303,6 +386,13 @@ class LibvirtHost:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
+            job = self._queued.get(future)
+            if job is not None and job.give_up():  # never began: every worker is stuck
+                future.cancel()
+                raise TemporaryFailure(
+                    f"host {self.name} is not answering (libvirt is hung or overloaded); "
+                    "try again later"
+                ) from None
             if future not in self._overdue:
                 self._overdue.add(future)
                 future.add_done_callback(self._call_returned)
