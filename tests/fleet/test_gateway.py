@@ -275,6 +275,15 @@ def test_a_console_follows_its_domain_through_a_live_migration(gateway: Gateway)
             60,
             "the console answers from node2",
         )
+        # another host hangs: this console, on node2, goes on as if nothing happened
+        node3 = fleet.host("node3")
+        node3.freeze()
+        try:
+            gateway.wait_state(BOB, node3.domains[1], "unknown", LOST_SECONDS)
+            assert _answers(session, "meanwhile")
+        finally:
+            node3.thaw()
+        gateway.wait_state(BOB, node3.domains[1], "running", BACK_SECONDS)
     finally:
         session.sendcontrol("]")
         session.close()
