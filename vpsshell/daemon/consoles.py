@@ -336,7 +336,7 @@ class ConsoleManager:
         self._expiry: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
         self._others_reported = False
-        self._pruning: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # prunes, hubs after a host is back
         self._on_detach = on_detach
         backend.subscribe(self._on_event)
         backend.subscribe_hosts(self._on_host_event)
@@ -368,19 +368,23 @@ class ConsoleManager:
             self._opening = asyncio.create_task(self._open_all(), name="console-hubs")
 
     async def _open_all(self) -> None:
+        await self._open_hubs()
+        self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
+
+    async def _open_hubs(self) -> None:
+        """A hub for every domain the backend lists now (those it has keep theirs)."""
         try:
             domains = await self.backend.list_domains()
         except VpsError as exc:
-            log.warning("consoles: domains not listed at start (%s); hubs open on demand", exc)
-            domains = []
+            log.warning("consoles: domains not listed (%s); hubs open on demand", exc)
+            return
         for info in domains:
             self.hub_for(info)
-        self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
 
     async def stop(self) -> None:
         if self._opening is not None:
             self._opening.cancel()
-        for task in list(self._pruning):
+        for task in list(self._background):
             task.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
@@ -443,15 +447,20 @@ class ConsoleManager:
             hub.wake()
         if event.kind in ("stopped", "crashed"):
             task = asyncio.get_running_loop().create_task(self._prune(hub))
-            self._pruning.add(task)
-            task.add_done_callback(self._pruning.discard)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _on_host_event(self, event: HostEvent) -> None:
         """A host is back: its domains' consoles reopen now, not after their back-off (a
-        domain that ran on through the outage sends no event of its own)."""
+        domain that ran on through the outage sends no event of its own), and domains first
+        seen now get their hubs."""
         if event.kind == "host-back":
             for hub in list(self.hubs.values()):
                 hub.wake()
+            # a host down since the start has domains without hubs (and logs) yet
+            task = asyncio.get_running_loop().create_task(self._open_hubs())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _prune(self, hub: ConsoleHub) -> None:
         """A domain stopped: if its UUID no longer stands for its name (a Xen domain started by
