@@ -56,6 +56,8 @@ T = TypeVar("T")
 
 REBOOT_COALESCE_SECONDS = 3.0  # QEMU reports one reboot as two RESETs in quick succession
 OWN_ACTION_SECONDS = 60.0  # a reboot event this soon after our reboot/reset/sysrq names it
+# libxl's reboot is a new domain once the guest has shut down, which can take minutes
+OWN_RESTART_SECONDS = 600.0
 
 _STATES = {
     libvirt.VIR_DOMAIN_NOSTATE: DomainState.STARTING,
@@ -500,19 +502,20 @@ class LibvirtBackend(Backend):
             raise not_found_or_denied(uuid)
         host = await self._locate(uuid, verb)
         for attempt in (1, 2):
+            mine = (own_action, time.monotonic())
             if own_action:  # before the call: its reboot event may come before it returns
-                self._own_action[uuid] = (own_action, time.monotonic())
+                self._own_action[uuid] = mine
             try:
                 result = await host.call(lambda conn: work(conn.lookupByUUIDString(uuid)), verb)
             except libvirt.libvirtError as exc:
-                self._own_action.pop(uuid, None)
+                self._forget_own_action(uuid, mine)
                 if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and attempt == 1:
                     self._seen.remove(host.name, uuid)  # migrated or undefined: look again
                     host = await self._locate(uuid, verb)
                     continue
                 raise self._translate(exc, host, self._name_of(uuid), verb) from None
             except BaseException:
-                self._own_action.pop(uuid, None)
+                self._forget_own_action(uuid, mine)
                 raise
             if isinstance(result, DomainRecord):
                 self._seen.put(host.name, result)
@@ -557,6 +560,12 @@ class LibvirtBackend(Backend):
             raise self._ambiguous(self._name_of(uuid), exc) from None
         assert chosen is not None
         return self._hosts_by_name[chosen[0]]
+
+    def _forget_own_action(self, uuid: str, mine: tuple[str, float]) -> None:
+        """A failed action names no event; another call failing (a console reopened while
+        the domain restarts) leaves the action that is under way its name."""
+        if self._own_action.get(uuid) is mine:
+            del self._own_action[uuid]
 
     async def _read_after_action(self, host: LibvirtHost, uuid: str) -> None:
         """The domain as the action left it, into the record before the action returns (a
@@ -812,7 +821,7 @@ class LibvirtBackend(Backend):
             # new domain, and it sends no reboot event
             self._running_id[uuid] = raw.domain_id
             verb, at = self._own_action.pop(uuid, ("", 0.0))
-            recent = verb and time.monotonic() - at < OWN_ACTION_SECONDS
+            recent = verb and time.monotonic() - at < OWN_RESTART_SECONDS
             self._book.booted(key, raw.domain_id)
             self.emit(LifecycleEvent("rebooted", uuid, raw.name, verb if recent else "guest"))
             return
