@@ -244,13 +244,10 @@ class LibvirtBackend(Backend):
             return None  # never a numeric id, never a name the helper would not accept
         if not self._seen.named(name):
             await self._await_first_inventories([name])
-        if self._seen.named(name):
-            found = self._resolve(name)
-            if found is None:
-                return None  # its name is not usable (all digits...)
-            host, record = found
-            return self._info(host, record)
-        return await self._lookup_live(name)
+        if not self._seen.named(name):
+            return await self._lookup_live(name)
+        resolved = self._resolve(name)  # None: its name is not offered (all digits...)
+        return self._info(*resolved) if resolved is not None else None
 
     async def info(self, uuid: str) -> DomainInfo:
         """From the record when it is current (one copy, its host answered within the
