@@ -135,3 +135,100 @@ def test_backend_events_are_recorded_and_unknown_kinds_are_not(tmp_path: Path) -
         "reset",
         None,
     )
+
+
+def stored_record(state_dir: Path, history_limit: int = 10, keep: int = 100) -> EventRecord:
+    from vpsshell.daemon.event_store import EventStore
+
+    return EventRecord(history_limit, 10, EventStore(str(state_dir), keep, 90))
+
+
+def test_kept_events_are_loaded_again_and_seq_goes_on(tmp_path: Path) -> None:
+    first = stored_record(tmp_path)
+    first.record("started", domain="web1", uuid="u1")
+    first.record("denied", domain="web1", detail="start: not allowed")  # never stored
+    first.record("console-attached", domain="web1", uuid="u1", user="alice", detail="write")
+    first.record("started", domain="db1", uuid="u2")
+    before = first.history()
+    first.close()
+    assert (tmp_path / "events.sqlite").stat().st_mode & 0o777 == 0o600
+    again = stored_record(tmp_path, history_limit=2)  # loads the newest that fit
+    assert again.history() == before[-2:]
+    assert again.record("stopped", domain="db1", uuid="u2").seq > before[-1].seq
+    again.close()
+
+
+def test_the_file_is_pruned_by_count_and_age(tmp_path: Path) -> None:
+    import sqlite3
+
+    record = stored_record(tmp_path, keep=5)
+    for index in range(12):
+        record.record("started", domain="web1", uuid="u1", detail=str(index))
+    record.close()
+    with sqlite3.connect(tmp_path / "events.sqlite") as db:
+        db.execute("UPDATE events SET time = '2000-01-01T00:00:00Z' WHERE detail = '11'")
+    again = stored_record(tmp_path, keep=5)  # pruned at start: the newest 5, then by age
+    assert [e.detail for e in again.history()] == ["7", "8", "9", "10"]
+    again.close()
+
+
+def test_a_file_that_cannot_be_used_is_logged_once_and_memory_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "events.sqlite").mkdir()
+    record = stored_record(tmp_path)
+    for index in range(3):
+        record.record("started", domain="web1", uuid="u1", detail=str(index))
+    assert [e.detail for e in record.history()] == ["0", "1", "2"]
+    assert len([r for r in caplog.records if "events file" in r.getMessage()]) == 1
+
+
+def test_a_write_that_fails_is_logged_once_until_it_works_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    record = stored_record(tmp_path)
+    record.record("started", domain="web1", uuid="u1")
+    with sqlite3.connect(tmp_path / "events.sqlite") as db:
+        db.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON events BEGIN SELECT RAISE(FAIL, 'full'); END"
+        )
+    for _ in range(3):
+        record.record("stopped", domain="web1", uuid="u1")  # never raises
+    assert [e.kind for e in record.history()] == ["started", "stopped", "stopped", "stopped"]
+    assert len([r for r in caplog.records if "cannot be written" in r.getMessage()]) == 1
+    record.close()
+
+
+def test_history_since_a_time() -> None:
+    record = EventRecord(history_limit=10, follower_queue=10)
+    record.record("started", domain="web1", uuid="u1")
+    assert [e.kind for e in record.history(["u1"], since="2000-01-01T00:00:00Z")] == ["started"]
+    assert record.history(["u1"], since="2999-01-01T00:00:00Z") == []
+
+
+def test_since_accepts_iso_times_and_relative_ones_only() -> None:
+    from vpsshell.errors import UsageError
+    from vpsshell.since import parse_since
+
+    now = 1796464800.0  # 2026-12-05T10:00:00Z
+    assert parse_since("-10m", now) == "2026-12-05T09:50:00Z"
+    assert parse_since("-2h", now) == "2026-12-05T08:00:00Z"
+    assert parse_since("-1d", now) == "2026-12-04T10:00:00Z"
+    assert parse_since("2026-12-05T10:00:00Z", now) == "2026-12-05T10:00:00Z"
+    assert parse_since("2026-12-05T11:00:00+01:00", now) == "2026-12-05T10:00:00Z"
+    assert parse_since("2026-12-05", now) == "2026-12-05T00:00:00Z"
+    for bad in (
+        "",
+        "-10",
+        "10m",
+        "-1w",
+        "-10000d",
+        "now",
+        "2026-13-01",
+        "2026-12-05 10:00",
+        "x" * 99,
+    ):
+        with pytest.raises(UsageError):
+            parse_since(bad, now)

@@ -87,6 +87,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon.audit import AuditLog
     from vpsshell.daemon.confirm import PasswordChecker
     from vpsshell.daemon.consoles import Attachment, ConsoleManager
+    from vpsshell.daemon.event_store import EventStore
     from vpsshell.daemon.events import EventRecord
     from vpsshell.daemon.hooks import HookRunner
     from vpsshell.daemon.peer import Caller
@@ -101,7 +102,11 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     await backend.open()
 
     limits = config.limits
-    events = EventRecord(limits.events_history, limits.events_follower_queue)
+    events = EventRecord(
+        limits.events_history,
+        limits.events_follower_queue,
+        EventStore(config.state_dir, limits.events_keep, limits.events_keep_days),
+    )
     events.subscribe_backend(backend)
     hooks = HookRunner(
         config.hooks_dir,

@@ -51,6 +51,8 @@ class Limits:
     console_log_keep_days: int = 30  # logs of a domain the helper has not seen this long go
     console_log_keep_domains: int = 1000  # logs of domains gone are kept for at most this many
     events_history: int = 1000  # events kept in memory for ``events`` (all domains together)
+    events_keep: int = 100000  # events kept in STATE_DIR/events.sqlite across restarts...
+    events_keep_days: int = 90  # ...and for at most this many days
     events_follower_queue: int = 256  # an ``events --follow`` client this far behind is dropped
     hook_timeout_seconds: float = 10.0  # then the hook's process group is killed
     hook_queue_events: int = 1000  # lifecycle events waiting for the hooks; more are dropped

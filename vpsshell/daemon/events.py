@@ -15,6 +15,10 @@ detaching in a loop) cannot push another domain's events out. An event without a
 kept. Events only hooks and admins see (``denied``, ``policy-reloaded``, ``host-lost``,
 ``host-back``) are not kept at all: their domain names are whatever a tenant asked for, and a
 host's details (its address, libvirt's error) are not for tenants.
+
+With an ``EventStore`` (``event_store``), every kept event is also written to a file as it is
+recorded, and the newest kept events are loaded back on start: ``events`` after a helper restart
+still lists them, and ``seq`` goes on from the highest stored.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpsshell.backends.base import Backend, HostEvent, LifecycleEvent
+
+if TYPE_CHECKING:
+    from vpsshell.daemon.event_store import EventStore
 
 log = logging.getLogger("vpsshell.events")
 
@@ -119,14 +126,24 @@ def utc_now() -> str:
 
 
 class EventRecord:
-    def __init__(self, history_limit: int, follower_queue: int) -> None:
+    def __init__(
+        self, history_limit: int, follower_queue: int, store: EventStore | None = None
+    ) -> None:
         self.history_limit = history_limit
         self.follower_queue = follower_queue
-        self._seq = itertools.count(1)
         self._by_uuid: dict[str, deque[Event]] = {}
         self._kept = 0
         self._followers: list[Follower] = []
         self._listeners: list[Listener] = []
+        self._store = store
+        first_seq = 1
+        if store is not None:
+            store.open()
+            for event in store.load(history_limit):
+                if event.uuid:
+                    self._keep(event, event.uuid)
+            first_seq = store.last_seq() + 1
+        self._seq = itertools.count(first_seq)
 
     def subscribe_backend(self, backend: Backend) -> None:
         backend.subscribe(self._on_backend_event)
@@ -173,6 +190,8 @@ class EventRecord:
         if kind in TENANT_KINDS and domain is not None:
             if uuid:
                 self._keep(event, uuid)
+                if self._store is not None:
+                    self._store.add(event)
             else:  # every caller passes the UUID; without one no tenant could be shown it
                 log.warning("event %s of %s has no UUID; not kept for events", kind, domain)
         for follower in list(self._followers):
@@ -195,10 +214,13 @@ class EventRecord:
             if not queue:
                 del self._by_uuid[fullest]
 
-    def history(self, uuids: Iterable[str] | None = None) -> list[Event]:
-        """Kept events (of the domains with these UUIDs only, if given), oldest first."""
+    def history(self, uuids: Iterable[str] | None = None, since: str = "") -> list[Event]:
+        """Kept events (of the domains with these UUIDs only, if given; at or after ``since``,
+        a UTC time like ``Event.time``, if given), oldest first."""
         keys = self._by_uuid if uuids is None else uuids
-        events = [event for key in keys for event in self._by_uuid.get(key, ())]
+        events = [
+            event for key in keys for event in self._by_uuid.get(key, ()) if event.time >= since
+        ]
         events.sort(key=lambda event: event.seq)
         return events
 
@@ -216,6 +238,8 @@ class EventRecord:
             self._followers.remove(follower)
 
     def close(self) -> None:
-        """The helper is stopping: end every follower."""
+        """The helper is stopping: end every follower; close the file."""
         for follower in list(self._followers):
             follower.close("helper-stopping", "the vpsshell helper is stopping")
+        if self._store is not None:
+            self._store.close()

@@ -38,6 +38,7 @@ from vpsshell.daemon.operation import (
     refuse_unknown,
 )
 from vpsshell.errors import TemporaryFailure, UsageError
+from vpsshell.since import parse_since
 
 WAIT_POLL_SECONDS = 0.2
 REPLY_BUDGET = protocol.MAX_FRAME_BYTES - 1024  # for the result; the rest is the envelope
@@ -308,10 +309,14 @@ async def op_sysrq(api: TenantServices, request: Request, target: Target | None)
 
 
 def _events_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    refuse_unknown(untrusted, {"domain", "follow", "lines"})
+    refuse_unknown(untrusted, {"domain", "follow", "lines", "since"})
     follow = bool_arg(untrusted, "follow")
     lines = int_arg(untrusted, "lines", EVENTS_DEFAULT_LINES, 0, EVENTS_MAX_LINES)
-    return {"follow": follow, "lines": lines}
+    untrusted_since = untrusted.get("since", "")
+    if not isinstance(untrusted_since, str):
+        raise UsageError("since: expected a time (ISO 8601 or -10m)")
+    since = parse_since(untrusted_since) if untrusted_since else ""
+    return {"follow": follow, "lines": lines, "since": since}
 
 
 @operation("events", action="events", domain="optional", args=_events_args)
@@ -334,7 +339,11 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
         account_max_age=api.limits.account_recheck_seconds,
     )
     # no await from here on: the history and the follower see every event exactly once
-    history = [e for e in api.events.history(names) if shown.shows_kept(e, names[e.uuid or ""])]
+    history = [
+        event
+        for event in api.events.history(names, since=request.args["since"])
+        if shown.shows_kept(event, names[event.uuid or ""])
+    ]
     lines: int = request.args["lines"]
     history = history[-lines:] if lines else []
     kept = _newest_that_fit([event.to_json() for event in history])

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 from vpsshell import __version__
 from vpsshell.checks import is_sysrq_key
 from vpsshell.errors import UsageError
-from vpsshell.shell.grammar import COUNT, FLAG, SECONDS, Option, ParsedCommand, Verb
+from vpsshell.shell.grammar import COUNT, FLAG, SECONDS, TIME, Option, ParsedCommand, Verb
 
 
 class Output(NamedTuple):
@@ -228,13 +228,14 @@ FOLLOW = Option("follow", FLAG, "keep showing new events until Ctrl-C")
 EVENT_LINES = Option(
     "lines", COUNT, "how many past events (default 100; 0: none, with --follow)", max_value=10000
 )
+SINCE = Option("since", TIME, "only events since TIME (2026-12-05T10:00:00Z, -10m, -2h, -1d)")
 
 
 @command(
     "events",
     "lifecycle and console events of your domains",
     domain="optional",
-    options=(FOLLOW, EVENT_LINES, JSON),
+    options=(FOLLOW, EVENT_LINES, SINCE, JSON),
 )
 def cmd_events(ctx: Context, parsed: ParsedCommand) -> Output:
     args: dict[str, Any] = {}
@@ -242,6 +243,8 @@ def cmd_events(ctx: Context, parsed: ParsedCommand) -> Output:
         args["domain"] = parsed.domain
     if "lines" in parsed.options:
         args["lines"] = parsed.options["lines"]
+    if "since" in parsed.options:
+        args["since"] = parsed.options["since"]
     if not parsed.options.get("follow"):
         return Output("events", ctx.call("events", args))
     args["follow"] = True

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from vpsshell.checks import is_domain_name
 from vpsshell.errors import UsageError
+from vpsshell.since import parse_since
 
 MAX_LINE_CHARS = 1024
 MAX_WORDS = 16
@@ -23,6 +24,7 @@ _OPTION_RE = re.compile(r"--([a-z][a-z-]*)(?:=(.*))?\Z")
 FLAG = "flag"  # --json
 SECONDS = "seconds"  # --wait or --wait=N
 COUNT = "count"  # --lines=N
+TIME = "time"  # --since=2026-12-05T10:00:00Z or --since=-10m (checked, passed on as written)
 
 
 class Option(NamedTuple):
@@ -54,6 +56,8 @@ class Verb(NamedTuple):
                 words.append(f"[--{option.name}]")
             elif option.kind == SECONDS:
                 words.append(f"[--{option.name}[=SECONDS]]")
+            elif option.kind == TIME:
+                words.append(f"[--{option.name}=TIME]")
             else:
                 words.append(f"[--{option.name}=N]")
         return " ".join(words)
@@ -63,7 +67,7 @@ class ParsedCommand(NamedTuple):
     verb: Verb
     domain: str | None
     extra: str | None
-    options: dict[str, bool | int]
+    options: dict[str, bool | int | str]
 
 
 def check_characters(line: str) -> None:
@@ -78,7 +82,7 @@ def check_characters(line: str) -> None:
             )
 
 
-def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int:
+def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int | str:
     if option.kind == FLAG:
         if raw is not None:
             raise UsageError(f"{verb.name}: --{option.name} takes no value")
@@ -87,6 +91,9 @@ def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int:
         if option.kind == SECONDS:
             return -1  # "use the default"
         raise UsageError(f"{verb.name}: --{option.name} needs a value (--{option.name}=N)")
+    if option.kind == TIME:
+        parse_since(raw)  # raises UsageError for anything but a time
+        return raw
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
         raise UsageError(f"{verb.name}: --{option.name}: {raw!r} is not a whole number")
     value = int(raw)
@@ -114,7 +121,7 @@ def parse(
     verb = verbs.get(words[0])
     if verb is None:
         raise UsageError(f"unknown command {words[0]!r} (try 'help')")
-    options: dict[str, bool | int] = {}
+    options: dict[str, bool | int | str] = {}
     positional: list[str] = []
     by_name = {option.name: option for option in verb.options}
     for word in words[1:]:
