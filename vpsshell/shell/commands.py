@@ -14,7 +14,16 @@ from typing import Any, NamedTuple, Protocol
 from vpsshell import __version__
 from vpsshell.checks import is_sysrq_key
 from vpsshell.errors import UsageError
-from vpsshell.shell.grammar import COUNT, FLAG, SECONDS, TIME, Option, ParsedCommand, Verb
+from vpsshell.shell.grammar import (
+    COUNT,
+    ESCAPE,
+    FLAG,
+    SECONDS,
+    TIME,
+    Option,
+    ParsedCommand,
+    Verb,
+)
 
 
 class Output(NamedTuple):
@@ -32,7 +41,7 @@ class Context(Protocol):
 
     def call(self, op: str, args: dict[str, Any], *, timeout: float = ...) -> Any: ...
 
-    def attach_console(self, op: str, args: dict[str, Any], mode: str) -> int: ...
+    def attach_console(self, op: str, args: dict[str, Any], mode: str, escape: int) -> int: ...
 
     def follow_events(self, args: dict[str, Any], *, as_json: bool) -> int: ...
 
@@ -176,13 +185,16 @@ REPLAY = Option(
     "replay", COUNT, "replay this many bytes of recent output (default 16384)", max_value=1 << 20
 )
 NO_REPLAY = Option("no-replay", FLAG, "do not replay recent output")
+ESCAPE_CHAR = Option(
+    "escape", ESCAPE, "escape character at the start of a line: ^A, ~ (default) or none"
+)
 
 
 @command(
     "console",
-    "attach to the serial console (Ctrl-] detaches)",
+    "attach to the serial console (Ctrl-] detaches, ~? lists escapes)",
     domain="required",
-    options=(WATCH, TAKEOVER, REPLAY, NO_REPLAY),
+    options=(WATCH, TAKEOVER, REPLAY, NO_REPLAY, ESCAPE_CHAR),
 )
 def cmd_console(ctx: Context, parsed: ParsedCommand) -> Output:
     options = parsed.options
@@ -198,8 +210,15 @@ def cmd_console(ctx: Context, parsed: ParsedCommand) -> Output:
     mode = "watch" if options.get("watch") else "write"
     if mode == "write":
         args["takeover"] = bool(options.get("takeover"))
+    if "escape" in options:
+        escape = int(options["escape"])
+    else:  # the admin's default, from the client config
+        from vpsshell.shell.escapes import parse_escape
+        from vpsshell.shell.settings import load_settings
+
+        escape = parse_escape(load_settings()[0].console_escape)
     return Output(
-        "ended", ctx.attach_console("watch" if mode == "watch" else "console", args, mode)
+        "ended", ctx.attach_console("watch" if mode == "watch" else "console", args, mode, escape)
     )
 
 

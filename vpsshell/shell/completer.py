@@ -15,7 +15,7 @@ from prompt_toolkit.document import Document
 
 from vpsshell.checks import is_domain_name
 from vpsshell.errors import UsageError
-from vpsshell.shell.grammar import COUNT, TIME, Verb, check_characters
+from vpsshell.shell.grammar import COUNT, ESCAPE, TIME, Verb, check_characters
 
 
 class ShellCompleter(Completer):
@@ -71,7 +71,7 @@ class ShellCompleter(Completer):
         for option in verb.options:
             if option.name in used:
                 continue
-            word = f"--{option.name}" + ("=" if option.kind in (COUNT, TIME) else "")
+            word = f"--{option.name}" + ("=" if option.kind in (COUNT, ESCAPE, TIME) else "")
             if word.startswith(prefix):
                 yield Completion(word, -len(prefix), display_meta=option.help)
 

@@ -1,13 +1,16 @@
 """The tenant's end of a console session: terminal (or pipe) <-> helper, until it ends.
 
 On a terminal, the terminal is put in raw mode and restored on every way out. Bytes pass raw in
-both directions: no terminal emulation here either. Keystrokes of a watcher are not sent, except
-that Ctrl-] detaches.
+both directions: no terminal emulation here either. The tenant's keystrokes go through the
+escapes (``escapes.py``: ``~.``, ``~?``, ``~B``, ``~R``, ``~~`` at the start of a line, Ctrl-]
+anywhere); keystrokes of a watcher are never sent. ``~B`` and ``~R`` are ordinary ``sysrq`` and
+``reboot`` requests on a connection of their own (this one belongs to the stream): the helper's
+policy decides, and a refusal is one local line; the session goes on.
 
 A session ends, and always detaches cleanly (the helper is told, and answers before this
 process exits, so a writer's slot is free for the next attach at once):
 
-- Ctrl-] (exit 0);
+- Ctrl-] or the escape ``~.`` (exit 0);
 - the end of the input: on a terminal that means the terminal is gone, so at once; on a pipe
   (``echo 'uname -a' | ssh host console web1``, no ``-t``) what came before it is sent, the
   console's output is shown until it has been quiet for ``QUIET_SECONDS`` (and for at most
@@ -32,12 +35,12 @@ from types import FrameType
 from typing import Any
 
 from vpsshell import protocol
-from vpsshell.errors import ExitCode
+from vpsshell.errors import ExitCode, VpsError
+from vpsshell.shell import escapes
 from vpsshell.shell.environment import Environment
 from vpsshell.shell.outcome import session_end_code
 from vpsshell.shell.signals import GONE, Hangup, ending_signals, take_course
 
-DETACH_KEY = b"\x1d"  # Ctrl-]
 QUIET_SECONDS = 1.0  # after the end of piped input: detach once the console is this quiet...
 LINGER_SECONDS = 10.0  # ...or this long after the end of the input, whichever comes first
 DETACH_WAIT_SECONDS = 2.0  # how long a detach waits for the helper to confirm it
@@ -152,13 +155,23 @@ class _Link:
                 return
 
 
+Request = Callable[[str, dict[str, Any]], Any]  # one request to the helper: op, args -> result
+
+
 def run_console(
-    open_session: Callable[[], tuple[Any, socket.socket]], env: Environment, mode: str
+    open_session: Callable[[], tuple[Any, socket.socket]],
+    env: Environment,
+    mode: str,
+    *,
+    escape: int = escapes.DEFAULT_ESCAPE,
+    request: Request | None = None,
 ) -> ExitCode:
     """Open the console session (``open_session``: its result and the connection), proxy it
     until it ends; returns the exit code for how it ended. An error reply to the request
     propagates (a ``VpsError``). The signals that end a session are caught from before the
-    request goes out, so that one arriving at any point ends it cleanly."""
+    request goes out, so that one arriving at any point ends it cleanly. ``escape`` is the
+    escape character (``escapes.NO_ESCAPE``: none); ``request`` makes the requests of ``~B``
+    and ``~R`` (without it they are refused locally)."""
     stdin_fd = env.stdin.fileno()
     stdout_fd = env.stdout.fileno()
     saved_attrs = None
@@ -179,10 +192,16 @@ def run_console(
                     saved_attrs = termios.tcgetattr(stdin_fd)
                 what = "Watching" if mode == "watch" else "Connected to"
                 domain = result.get("domain") if isinstance(result, dict) else None
-                _tell(env, f"{what} the console of {domain}. Press Ctrl-] to detach.\r\n")
+                if not env.stdin_isatty:
+                    escape = escapes.NO_ESCAPE  # as ssh: escapes are for people, not pipes
+                hint = ""
+                if escape != escapes.NO_ESCAPE:
+                    hint = f" After Enter, {escapes.escape_name(escape)}? lists the escapes."
+                _tell(env, f"{what} the console of {domain}. Press Ctrl-] to detach.{hint}\r\n")
                 if saved_attrs is not None:
                     tty.setraw(stdin_fd, termios.TCSANOW)  # keep what the tenant typed ahead
-                code, note = _proxy(link, env, stdin_fd, mode, resized)
+                keys = _Keys(escapes.EscapeReader(escape, writer=mode == "write"), request)
+                code, note = _proxy(link, env, stdin_fd, keys, str(domain), resized)
             except KeyboardInterrupt:
                 code, note = ExitCode.INTERRUPTED, "interrupted"
                 if link is not None:
@@ -233,8 +252,59 @@ def _detach(link: _Link) -> int:
     return 0
 
 
+class _Keys:
+    """The tenant's keystrokes through the escapes, and what the escapes do."""
+
+    def __init__(self, reader: escapes.EscapeReader, request: Request | None) -> None:
+        self.reader = reader
+        self.request = request
+
+    def handle(self, link: _Link, domain: str, data: bytes) -> bool:
+        """Act on ``data``; True once it asks to detach."""
+        for action in self.reader.feed(data):
+            if isinstance(action, escapes.Send):
+                link.send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, action.data))
+            elif isinstance(action, escapes.Detach):
+                return True
+            elif isinstance(action, escapes.Note):
+                _note(link, action.text)
+            elif isinstance(action, escapes.AskSysrq):
+                link.show(b"\r\n[vpsshell: SysRq key? (0-9, a-z)] ")
+            elif isinstance(action, escapes.AskReboot):
+                link.show(f"\r\n[vpsshell: reboot {domain}? (y/n)] ".encode())
+            elif isinstance(action, escapes.Sysrq):
+                self._ask(
+                    link,
+                    "sysrq",
+                    {"domain": domain, "key": action.key},
+                    f"sent SysRq {action.key} to {domain}",
+                )
+            elif isinstance(action, escapes.Reboot):
+                self._ask(link, "reboot", {"domain": domain}, f"rebooting {domain}")
+        return False
+
+    def _ask(self, link: _Link, op: str, args: dict[str, Any], done: str) -> None:
+        """One request on a connection of its own; its outcome is one local line."""
+        if self.request is None:
+            _note(link, f"{op}: not available here; nothing sent")
+            return
+        try:
+            self.request(op, args)
+        except VpsError as exc:
+            _note(link, f"{op} refused: {exc.message}")
+            return
+        _note(link, done)
+
+
+def _note(link: _Link, text: str) -> None:
+    from vpsshell.shell.render import inert
+
+    lines = [inert(line) for line in text.split("\r\n")]
+    link.show(("\r\n[vpsshell: " + "\r\n".join(lines) + "]\r\n").encode())
+
+
 def _proxy(
-    link: _Link, env: Environment, stdin_fd: int, mode: str, resized: _Flag
+    link: _Link, env: Environment, stdin_fd: int, keys: _Keys, domain: str, resized: _Flag
 ) -> tuple[ExitCode, str]:
     """The session loop; returns (exit code, note) for an end it decides itself, raises for the
     others (``HelperClosed``, ``TenantGone``, a signal)."""
@@ -279,14 +349,9 @@ def _proxy(
                         raise TenantGone()
                     end_of_input = time.monotonic()
                     continue
-                if DETACH_KEY in data:
-                    before = data.split(DETACH_KEY, 1)[0]
-                    if before and mode == "write":
-                        link.send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, before))
+                if keys.handle(link, domain, data):
                     link.detach()
                     return ExitCode.OK, "detached"
-                if mode == "write":
-                    link.send(protocol.encode_frame(protocol.FRAME_CONSOLE_DATA, data))
             elif fd == stdout_fd and events & GONE:
                 link.tenant_gone = True
                 raise TenantGone()

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from vpsshell.checks import is_domain_name
 from vpsshell.errors import UsageError
+from vpsshell.shell.escapes import parse_escape
 from vpsshell.since import parse_since
 
 MAX_LINE_CHARS = 1024
@@ -25,6 +26,7 @@ FLAG = "flag"  # --json
 SECONDS = "seconds"  # --wait or --wait=N
 COUNT = "count"  # --lines=N
 TIME = "time"  # --since=2026-12-05T10:00:00Z or --since=-10m (checked, passed on as written)
+ESCAPE = "escape"  # --escape=^A, --escape=~ or --escape=none: the character's code (0: none)
 
 
 class Option(NamedTuple):
@@ -58,6 +60,8 @@ class Verb(NamedTuple):
                 words.append(f"[--{option.name}[=SECONDS]]")
             elif option.kind == TIME:
                 words.append(f"[--{option.name}=TIME]")
+            elif option.kind == ESCAPE:
+                words.append(f"[--{option.name}=CHAR]")
             else:
                 words.append(f"[--{option.name}=N]")
         return " ".join(words)
@@ -90,7 +94,13 @@ def _option_value(verb: Verb, option: Option, raw: str | None) -> bool | int | s
     if raw is None:
         if option.kind == SECONDS:
             return -1  # "use the default"
-        raise UsageError(f"{verb.name}: --{option.name} needs a value (--{option.name}=N)")
+        example = "^A" if option.kind == ESCAPE else "N"
+        raise UsageError(f"{verb.name}: --{option.name} needs a value (--{option.name}={example})")
+    if option.kind == ESCAPE:
+        try:
+            return parse_escape(raw)
+        except ValueError as exc:
+            raise UsageError(f"{verb.name}: --{option.name}: {exc}") from None
     if option.kind == TIME:
         parse_since(raw)  # raises UsageError for anything but a time
         return raw

@@ -58,14 +58,17 @@ class Session:
                 except ConfirmRequired as again:
                     exc = again
 
-    def attach_console(self, op: str, args: dict[str, Any], mode: str) -> ExitCode:
-        """Turn this terminal into the domain's console until detach; returns the exit code."""
+    def attach_console(self, op: str, args: dict[str, Any], mode: str, escape: int) -> ExitCode:
+        """Turn this terminal into the domain's console until detach; returns the exit code.
+        Its escapes' requests (SysRq, reboot) go on connections of their own."""
         from vpsshell.shell.console import run_console
 
         return run_console(
             lambda: self._confirming(lambda a: self.client.open_console(op, a), args),
             self.env,
             mode,
+            escape=escape,
+            request=lambda request_op, request_args: self.client.call(request_op, request_args),
         )
 
     def follow_events(self, args: dict[str, Any], *, as_json: bool) -> ExitCode:

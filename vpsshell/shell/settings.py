@@ -1,7 +1,9 @@
 """The interactive shell's settings from the client config, ``/etc/vpsshell/vpsshell.toml``.
 
 Keys (all optional; see vpsshell(1), "FILES"): ``history``, ``history_size``, ``banner``,
-``motd``, ``refresh_seconds``; ``socket`` is read by ``paths.client_socket_path``. A login shell
+``motd``, ``refresh_seconds``, ``console_escape`` (the default escape character of
+``console``, spelled as its ``--escape`` is: ``~``, ``^A``, ``none``); ``socket`` is read by
+``paths.client_socket_path``. A login shell
 must never fail to start because of this file: an unreadable or invalid file, an unknown key
 or a value of the wrong type leaves the defaults in place and says so in one line on stderr.
 ``VPSSHELL_CONFIG`` names another file (the shell is untrusted anyway: a tenant who points it
@@ -16,11 +18,20 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from vpsshell import paths
+from vpsshell.shell.escapes import parse_escape
 
 DEFAULT_BANNER = "vpsshell: type 'help' for commands, Tab to complete, 'exit' or Ctrl-D to leave."
 MIN_REFRESH_SECONDS = 0.5
 MAX_BANNER_CHARS = 4096
-_KNOWN = ("socket", "history", "history_size", "banner", "motd", "refresh_seconds")
+_KNOWN = (
+    "socket",
+    "history",
+    "history_size",
+    "banner",
+    "motd",
+    "refresh_seconds",
+    "console_escape",
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,7 @@ class ShellSettings:
     banner: str = DEFAULT_BANNER  # shown at login; "" shows none
     motd: bool = True  # one line with the caller's domains and their states at login
     refresh_seconds: float = 10.0  # toolbar poll without events (with them: 60 s at least)
+    console_escape: str = "~"  # a console's escape character unless --escape says otherwise
     source: str = "<defaults>"
 
 
@@ -58,6 +70,8 @@ def parse_settings(raw: dict[str, Any], source: str) -> tuple[ShellSettings, lis
         elif wanted == "float":
             ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
             value = max(float(value), MIN_REFRESH_SECONDS) if ok else value
+        elif key == "console_escape":
+            ok = isinstance(value, str) and _is_escape(value)
         else:
             ok = isinstance(value, str) and len(value) <= MAX_BANNER_CHARS
         if not ok:
@@ -65,6 +79,14 @@ def parse_settings(raw: dict[str, Any], source: str) -> tuple[ShellSettings, lis
             continue
         values[key] = value
     return replace(ShellSettings(), source=source, **values), warnings
+
+
+def _is_escape(text: str) -> bool:
+    try:
+        parse_escape(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_settings() -> tuple[ShellSettings, list[str]]:
