@@ -10,9 +10,10 @@ pruned to the newest ``events_keep`` events and to ``events_keep_days`` at start
 ``PRUNE_EVERY`` writes. On start the newest events are loaded back and ``seq`` continues from
 the highest stored, so it never goes back across restarts.
 
-The file is a convenience, never a reason to stop: a file that cannot be opened or written
-(disk full, read-only, not a database) is logged once and the helper goes on with the
-in-memory history alone; writing is tried again at the next event, and a success is logged too.
+The file is a convenience, never a reason to stop: a file that cannot be opened at start
+(read-only, not a database) is logged once and not used until the next start; a write that
+fails (disk full) is logged once and tried again at each event, and a success is logged too.
+Either way the helper goes on with the in-memory history.
 """
 
 from __future__ import annotations
