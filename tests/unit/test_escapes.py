@@ -133,3 +133,17 @@ def test_console_escape_option_and_config_key() -> None:
     assert settings.console_escape == "^B" and warnings == []
     settings, warnings = parse_settings({"console_escape": "^]"}, "test")
     assert settings.console_escape == "~" and len(warnings) == 1
+
+
+def test_completion_offers_the_escape_option_with_its_equals_sign() -> None:
+    from prompt_toolkit.completion import CompleteEvent
+    from prompt_toolkit.document import Document
+
+    from vpsshell.shell.commands import VERBS
+    from vpsshell.shell.completer import ShellCompleter
+
+    line = "console web1 --esc"
+    completions = ShellCompleter(VERBS, lambda: ["web1"]).get_completions(
+        Document(line), CompleteEvent()
+    )
+    assert [completion.text for completion in completions] == ["--escape="]
