@@ -257,11 +257,13 @@ def progress(request_id: int, text: str) -> dict[str, Any]:
 EVENT_NOTICE = "notice"  # console: a line for the tenant ("alice attached", ...)
 EVENT_RECORD = "record"  # events --follow: one event record
 EVENT_CLOSED = "closed"  # either session: the last message, with why it ended
-SESSION_EVENTS = (EVENT_NOTICE, EVENT_RECORD, EVENT_CLOSED)
+EVENT_PING = "ping"  # console: "are you there?", at the start and every ``seconds``
+SESSION_EVENTS = (EVENT_NOTICE, EVENT_RECORD, EVENT_CLOSED, EVENT_PING)
 # the client's (an "op" without an id: never answered)
 OP_DETACH = "detach"  # either session: end it
 OP_RESIZE = "resize"  # console: the tenant's window size (serial consoles ignore it)
-SESSION_OPS = (OP_DETACH, OP_RESIZE)
+OP_PONG = "pong"  # console: the answer to a ping, sent at once
+SESSION_OPS = (OP_DETACH, OP_RESIZE, OP_PONG)
 
 
 def notice(text: str) -> dict[str, Any]:
@@ -274,6 +276,27 @@ def record(event_record: dict[str, Any]) -> dict[str, Any]:
 
 def closed(reason: str, text: str) -> dict[str, Any]:
     return {"v": PROTOCOL_VERSION, "event": EVENT_CLOSED, "reason": reason, "text": text}
+
+
+def ping(seconds: float, misses: int) -> dict[str, Any]:
+    """A ping every ``seconds``; a side that hears nothing of the other for ``misses`` of them
+    takes it for gone."""
+    return {"v": PROTOCOL_VERSION, "event": EVENT_PING, "seconds": seconds, "misses": misses}
+
+
+def pong() -> dict[str, Any]:
+    return {"v": PROTOCOL_VERSION, "op": OP_PONG}
+
+
+def silence_bound(ping_message: dict[str, Any]) -> float | None:
+    """How long the receiver of ``ping_message`` may hear nothing before it takes the helper
+    for gone: ``seconds`` times ``misses``; None for a ping without sane numbers."""
+    seconds, misses = ping_message.get("seconds"), ping_message.get("misses")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        return None
+    if isinstance(misses, bool) or not isinstance(misses, int) or misses <= 0:
+        return None
+    return float(seconds) * misses
 
 
 def detach() -> dict[str, Any]:

@@ -38,6 +38,8 @@ class Limits:
     account_check_threads: int = 4  # PAM account checks: a pool of their own, one per uid at a time
     account_recheck_seconds: float = 60.0  # connections and sessions are checked again this often
     session_recheck_seconds: float = 30.0  # consoles, followers re-authorized at least this often
+    session_ping_seconds: float = 15.0  # a console session is pinged this often...
+    session_ping_misses: int = 3  # ...and ended after this many pings without a word back
     console_ring_bytes: int = 64 * 1024  # scrollback kept per domain, for replay on attach
     console_replay_default_bytes: int = 16 * 1024
     console_log_bytes: int = 1024 * 1024  # per file; then rotated

@@ -11,6 +11,12 @@ session does not bring a new allowance): beyond it the helper stops reading the 
 while, so the client's own sends block. Keystrokes are slowed, never dropped, and a flood of
 them cannot hog the helper. While it waits the helper still notices a client that hung up, and
 then stops typing what it left behind.
+
+A client that is there but silent (its machine gone without closing the connection, a process
+stopped or stuck) is found by pings: one at the start and every ``session_ping_seconds``, each
+answered at once with a ``pong``. Any frame from the client counts as an answer; after
+``session_ping_misses`` intervals without one the session ends (``no-answer``) and the writer's
+slot is free. The ping carries both numbers, so the client knows how long it may hear nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +57,32 @@ async def _wait_for_budget(delay: float, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(min(left, HANGUP_CHECK_SECONDS))
 
 
+class _Heard:
+    """When the client was last heard from (any frame)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+
+async def _keep_alive(
+    heard: _Heard, writer: asyncio.StreamWriter, seconds: float, misses: int
+) -> None:
+    """Ping every ``seconds``; returns once the client has said nothing for ``misses`` of them.
+    The pings are written without waiting for a drain: a client that stops reading must not
+    stop this loop, and a few bytes each interval cannot pile up to anything."""
+    bound = seconds * misses
+    ping = protocol.encode_message(protocol.ping(seconds, misses))
+    next_ping = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - heard.last >= bound:
+            return
+        if now >= next_ping:
+            writer.write(ping)
+            next_ping = now + seconds
+        await asyncio.sleep(min(next_ping, heard.last + bound) - now)
+
+
 async def _send_loop(attachment: Attachment, writer: asyncio.StreamWriter) -> None:
     while frames := await attachment.next_frames():
         writer.write(b"".join(frames))
@@ -63,6 +95,7 @@ async def _receive_loop(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     budget: InputBudget,
+    heard: _Heard,
 ) -> str:
     """Returns why the client side ended: ``detached``, ``disconnected`` or
     ``protocol-error``."""
@@ -75,6 +108,7 @@ async def _receive_loop(
             return "protocol-error"
         if frame is None:
             return "disconnected"
+        heard.last = time.monotonic()
         frame_type, payload = frame
         # every byte counts, a watcher's too (its keystrokes go nowhere, but reading costs)
         delay = budget.charge(protocol.HEADER.size + len(payload))
@@ -90,7 +124,8 @@ async def _receive_loop(
             return "protocol-error"
         if protocol.session_op(untrusted) == protocol.OP_DETACH:
             return "detached"
-        # "resize" and anything else: serial consoles have no window size; ignored
+        # "pong" only counts as heard; "resize" and anything else: serial consoles have no
+        # window size; ignored
 
 
 async def run_console_session(
@@ -101,15 +136,24 @@ async def run_console_session(
 ) -> None:
     attachment.session_started = True
     budget = hub.input_budget(attachment.caller.uid)
+    heard = _Heard()
+    limits = hub.limits
     sender = asyncio.create_task(_send_loop(attachment, writer))
-    receiver = asyncio.create_task(_receive_loop(attachment, hub, reader, writer, budget))
+    receiver = asyncio.create_task(_receive_loop(attachment, hub, reader, writer, budget, heard))
+    pinger = asyncio.create_task(
+        _keep_alive(heard, writer, limits.session_ping_seconds, limits.session_ping_misses)
+    )
     try:
         done, _ = await asyncio.wait(
-            {sender, receiver}, timeout=MAX_SESSION_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            {sender, receiver, pinger},
+            timeout=MAX_SESSION_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
         )
         if receiver in done:
             reason = receiver.result()
             hub.detach(attachment, reason, "detached")
+        elif pinger in done:
+            hub.detach(attachment, "no-answer", "the console client stopped answering")
         elif not done:
             hub.detach(attachment, "time-limit", "console session time limit reached")
         # let the final frames (the "closed" message) go out, then end the connection
@@ -117,6 +161,6 @@ async def run_console_session(
             await asyncio.wait_for(sender, DRAIN_SECONDS)
     finally:
         hub.detach(attachment, "disconnected", "detached")
-        for task in (sender, receiver):
+        for task in (sender, receiver, pinger):
             task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await asyncio.gather(sender, receiver, pinger, return_exceptions=True)

@@ -19,7 +19,11 @@ process exits, so a writer's slot is free for the next attach at once):
   client went away), seen by ``poll`` or as EPIPE/EIO on a write; at once (exit 0);
 - SIGHUP, SIGTERM or SIGQUIT: detach, restore the terminal, then the signal takes its course;
   SIGINT (only a ``kill``: in raw mode Ctrl-C is a byte for the guest): detach, exit 130;
-- the helper closes the session: its reason decides the exit code (``outcome.session_end_code``).
+- the helper closes the session: its reason decides the exit code (``outcome.session_end_code``);
+- the helper stops answering: it pings (``{"event": "ping"}``, answered at once with a
+  ``pong``) at the start and every ``seconds``; nothing at all from it for ``seconds`` times
+  ``misses`` (the ping says both) and the session ends with a note (exit 69). A helper that
+  never pings is never taken for gone.
 """
 
 from __future__ import annotations
@@ -93,6 +97,8 @@ class _Link:
         self.reader = protocol.FrameReader()
         self.tenant_gone = False
         self.last_output = time.monotonic()
+        self.last_heard = time.monotonic()
+        self.silence_bound: float | None = None  # from the helper's ping: None, never pinged
 
     def send(self, frame: bytes) -> None:
         """Blocking send; a helper that already closed its side is not an error here: its
@@ -125,6 +131,7 @@ class _Link:
             return
         if not chunk:
             raise HelperClosed(ExitCode.UNAVAILABLE, "the vpsshell helper closed the console")
+        self.last_heard = time.monotonic()
         for frame_type, payload in self.reader.feed(chunk):
             if frame_type == protocol.FRAME_CONSOLE_DATA:
                 self.last_output = time.monotonic()
@@ -132,12 +139,27 @@ class _Link:
                 continue
             message = protocol.decode_message(payload)
             text = str(message.get("text", ""))
-            if protocol.session_event(message) == protocol.EVENT_CLOSED:
+            event = protocol.session_event(message)
+            if event == protocol.EVENT_CLOSED:
                 reason = str(message.get("reason", ""))
                 raise HelperClosed(session_end_code(reason), text)
+            if event == protocol.EVENT_PING:
+                self.silence_bound = protocol.silence_bound(message)
+                self.send(protocol.encode_message(protocol.pong()))
+                continue
             from vpsshell.shell.render import inert
 
             self.show(f"\r\n[vpsshell: {inert(text)}]\r\n".encode())
+
+    def check_helper_alive(self) -> None:
+        """Raises ``HelperClosed`` (exit 69) once the helper has been silent past the bound its
+        last ping gave."""
+        bound = self.silence_bound
+        if bound is not None and time.monotonic() - self.last_heard >= bound:
+            raise HelperClosed(
+                ExitCode.UNAVAILABLE,
+                f"the vpsshell helper stopped answering (nothing from it for {bound:g} s)",
+            )
 
     def detach(self) -> None:
         """Tell the helper, and wait (briefly) until it confirms: then the writer's slot is
@@ -355,6 +377,7 @@ def _proxy(
             elif fd == stdout_fd and events & GONE:
                 link.tenant_gone = True
                 raise TenantGone()
+        link.check_helper_alive()
 
 
 def _read_input(fd: int) -> bytes | None:
