@@ -14,7 +14,6 @@ Real helper (short ping interval), real tenants, the installed ``vpsshell``; the
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import select
 import signal
@@ -64,15 +63,20 @@ def pinging(open_dir: Path, tenants: None) -> Iterator[Helper]:
         while STARTED:
             process = STARTED.pop()
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         helper.stop()
 
 
-def spawned(argv: list[str], **as_user: object) -> subprocess.Popen[bytes]:
-    """``argv`` with its three standard streams piped, killed at the end of the test."""
+def spawned(argv: list[str]) -> subprocess.Popen[bytes]:
+    """``argv`` (a ``runuser`` line) in a process group of its own, so that a signal reaches
+    the tenant's process, with its three standard streams piped; killed at the end of the test."""
     process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **as_user
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     STARTED.append(process)
     return process
@@ -82,15 +86,9 @@ def console_client(helper: Helper) -> subprocess.Popen[bytes]:
     """The real ``vpsshell -c 'console web1'`` without a terminal, its input held open, once
     it is in its session and the helper has surely sent it the first ping (an admin request
     answered after the client's reply comes after the ping on the helper's loop)."""
-    account = pwd.getpwnam(TENANT)
-    client = spawned(
-        [str(BIN / "vpsshell"), "-c", "console web1 --no-replay"],
-        user=account.pw_uid,
-        group=account.pw_gid,
-        extra_groups=os.getgrouplist(account.pw_name, account.pw_gid),
-        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "VPSSHELL_SOCKET": str(helper.socket)},
-        cwd="/",
-    )
+    socket_setting = f"VPSSHELL_SOCKET={helper.socket}"
+    vpsshell = [str(BIN / "vpsshell"), "-c", "console web1 --no-replay"]
+    client = spawned(["runuser", "-u", TENANT, "--", "env", socket_setting, *vpsshell])
     assert client.stderr is not None
     read_until(client.stderr.fileno(), b"Press Ctrl-] to detach")
     assert [s["mode"] for s in helper.admin("sessions")] == ["write"]
@@ -131,13 +129,13 @@ def test_a_client_that_never_reads_or_answers_is_dropped_and_frees_the_writer_sl
 
 def test_a_stopped_console_client_is_dropped_and_frees_the_writer_slot(pinging: Helper) -> None:
     client = console_client(pinging)
-    client.send_signal(signal.SIGSTOP)
+    os.killpg(client.pid, signal.SIGSTOP)
     try:
         wait_until(lambda: console_detaches(pinging), 3 * BOUND, "the stopped client dropped")
         assert console_detaches(pinging) == ["no-answer"]
         writer_slot_is_free(pinging)
     finally:
-        client.send_signal(signal.SIGCONT)
+        os.killpg(client.pid, signal.SIGCONT)
 
 
 def test_a_console_client_whose_helper_stops_answering_says_so_and_exits_69(
