@@ -41,7 +41,8 @@ def test_rotation_keeps_size_and_count_bounded(tmp_path: Path) -> None:
         log.append(f"line {index:02d} ".encode() + b"x" * 40 + b"\r\n")
     log.close()
     names = sorted(os.listdir(tmp_path))
-    assert names == [f"{WEB1}.log", f"{WEB1}.log.1", f"{WEB1}.log.2"]
+    logs = [f"{WEB1}.log", f"{WEB1}.log.1", f"{WEB1}.log.2"]
+    assert names == sorted(logs + [f"{name}.times" for name in logs])
     assert all((tmp_path / name).stat().st_size <= 100 for name in names)
     tail = log.tail(4)
     assert [line[:7] for line in tail] == ["line 16", "line 17", "line 18", "line 19"]
@@ -248,3 +249,149 @@ def test_an_attachment_whose_session_never_starts_gives_its_slot_back(
 
     assert asyncio.run(scenario()) is True
     assert reasons == ["not-started"]
+
+
+T0 = 1_764_928_800.0  # 2025-12-05T10:00:00Z
+
+
+def timed_log(directory: Path, now: list[float], **bounds: int) -> ConsoleLog:
+    sizes = {"max_bytes": 1 << 16, "files": 2, **bounds}
+    return ConsoleLog(str(directory), WEB1, bytes_per_hour=None, wall_clock=lambda: now[0], **sizes)
+
+
+def test_each_line_has_the_time_its_output_arrived_and_since_selects(tmp_path: Path) -> None:
+    now = [T0]
+    log = timed_log(tmp_path, now)
+    log.append(b"first line\r\nsecond ")
+    now[0] += 0.5  # the same second: no new index record
+    log.append(b"half\r\n")
+    now[0] += 90
+    log.append(b"later line\r\n")
+    log.close()
+    assert log.entries(10) == [
+        {"time": "2025-12-05T10:00:00Z", "text": "first line"},
+        {"time": "2025-12-05T10:00:00Z", "text": "second half"},
+        {"time": "2025-12-05T10:01:30Z", "text": "later line"},
+    ]
+    assert log.entries(10, since="2025-12-05T10:01:00Z") == [
+        {"time": "2025-12-05T10:01:30Z", "text": "later line"}
+    ]
+    assert log.entries(1) == [{"time": "2025-12-05T10:01:30Z", "text": "later line"}]
+    assert (tmp_path / f"{WEB1}.log.times").read_text().count("\n") == 2
+    assert log.tail(10) == ["first line", "second half", "later line"]  # as before
+
+
+def test_markers_name_who_attached_and_sit_before_the_line_they_interrupt(
+    tmp_path: Path,
+) -> None:
+    now = [T0]
+    log = timed_log(tmp_path, now)
+    log.append(b"login: ")
+    now[0] += 2
+    log.mark("attached", "vpst-alice", "write")
+    log.append(b"root\r\n")
+    log.mark("detached", "vpst-alice", "write")
+    log.mark("took-over", "bad user\n", "write")  # never a word that breaks the index
+    log.close()
+    assert log.entries(10) == [
+        {
+            "time": "2025-12-05T10:00:02Z",
+            "event": "attached",
+            "user": "vpst-alice",
+            "mode": "write",
+        },
+        {"time": "2025-12-05T10:00:00Z", "text": "login: root"},
+        {
+            "time": "2025-12-05T10:00:02Z",
+            "event": "detached",
+            "user": "vpst-alice",
+            "mode": "write",
+        },
+        {"time": "2025-12-05T10:00:02Z", "event": "took-over", "user": "?", "mode": "write"},
+    ]
+    assert [e["text"] for e in log.entries(10, markers=False)] == ["login: root"]
+
+
+def test_a_log_without_an_index_reads_as_before_with_no_times(tmp_path: Path) -> None:
+    (tmp_path / f"{WEB1}.log.1").write_bytes(b"old one\r\n")
+    (tmp_path / f"{WEB1}.log").write_bytes(b"old two\r\n")
+    now = [T0]
+    log = timed_log(tmp_path, now, files=3)
+    log.append(b"new\r\n")
+    log.close()
+    assert log.tail(10) == ["old one", "old two", "new"]
+    assert log.entries(10) == [
+        {"time": None, "text": "old one"},
+        {"time": None, "text": "old two"},
+        {"time": "2025-12-05T10:00:00Z", "text": "new"},
+    ]
+    assert log.entries(10, since="2025-12-05T09:00:00Z") == [
+        {"time": "2025-12-05T10:00:00Z", "text": "new"}
+    ]
+
+
+def test_indexes_rotate_with_their_files_and_stay_bounded(tmp_path: Path) -> None:
+    (tmp_path / f"{WEB1}.log").write_bytes(b"from before indexes\n")
+    now = [T0]
+    log = timed_log(tmp_path, now, max_bytes=200, files=3)
+    for index in range(2000):  # a byte a second: an index record per byte
+        log.append(b"." if index % 50 else b"\n")
+        now[0] += 1
+    log.close()
+    sizes = {name: os.path.getsize(tmp_path / name) for name in os.listdir(tmp_path)}
+    assert sorted(sizes) == sorted(
+        f"{WEB1}.log{suffix}{times}" for suffix in ("", ".1", ".2") for times in ("", ".times")
+    )
+    assert all(size <= 4096 + 64 for size in sizes.values())
+    entries = log.entries(10000)
+    assert all(entry["time"] is not None for entry in entries)  # no stale index got reused
+    assert [entry["text"] for entry in entries] == log.tail(10000)
+    assert entries[-1]["time"] == "2025-12-05T10:32:31Z"  # the last line began at 1951 s
+
+
+def test_markers_are_paid_from_the_write_budget(tmp_path: Path) -> None:
+    log = ConsoleLog(str(tmp_path), WEB1, max_bytes=1000, files=2, bytes_per_hour=3600)
+    for _ in range(1000):
+        log.mark("attached", "vpst-alice", "watch")
+    log.close()
+    assert len(log.entries(10000)) <= 1000 // 64 + 1
+
+
+def test_hubs_mark_attach_takeover_and_detach_with_the_user(tmp_path: Path) -> None:
+    from vpsshell.daemon.peer import Caller
+
+    async def scenario() -> list[tuple[str | None, str | None, str | None]]:
+        backend = SimBackend.from_config({"domains": []}, str(tmp_path / "state"))
+        consoles = manager(backend, tmp_path)
+        hub = consoles.hub_for(info("web1", WEB1))
+        alice = Caller(uid=1000, gid=1000, pid=1, user="vpst-alice", groups=())
+        bob = Caller(uid=1001, gid=1001, pid=2, user="vpst-bob", groups=())
+        first = consoles.new_attachment(alice, "write")
+        hub.attach(first, takeover=False, replay=0)
+        second = consoles.new_attachment(bob, "write")
+        hub.attach(second, takeover=True, replay=0)
+        hub.detach(second, "detached", "bye")
+        await consoles.stop()
+        return [(e.get("event"), e.get("user"), e.get("mode")) for e in hub.log.entries(10)]
+
+    assert asyncio.run(scenario()) == [
+        ("attached", "vpst-alice", "write"),
+        ("detached", "vpst-alice", "write"),
+        ("took-over", "vpst-bob", "write"),
+        ("detached", "vpst-bob", "write"),
+    ]
+
+
+def test_expiry_removes_indexes_with_their_logs(tmp_path: Path) -> None:
+    for name in (f"{DB1}.log", f"{DB1}.log.times", f"{DB1}.log.1.times"):
+        (tmp_path / name).write_bytes(b"0 1.0\n")
+    removed = expire_logs(
+        str(tmp_path),
+        is_live=lambda uuid: False,
+        keep_seconds=0,
+        keep_domains=0,
+        lock=threading.Lock(),
+        now=time.time() + 10,
+    )
+    assert removed == ([DB1], 0)
+    assert os.listdir(tmp_path) == []

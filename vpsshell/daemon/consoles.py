@@ -248,6 +248,7 @@ class ConsoleHub:
         """Add an attachment, or raise ``TemporaryFailure`` with why not. Never awaits: the
         caller returns its session right after, and that session detaches it on every way out.
         """
+        marker = "attached"  # in the log's index, with who and how
         if attachment.mode == "watch":
             watchers = [a for a in self.attachments if a.mode == "watch"]
             mine = sum(a.caller.uid == attachment.caller.uid for a in watchers)
@@ -267,6 +268,7 @@ class ConsoleHub:
                     "it over, or --watch to watch"
                 )
             displaced = self.writer
+            marker = "took-over"
             self.detach(
                 displaced,
                 "takeover",
@@ -276,6 +278,7 @@ class ConsoleHub:
         if replay > 0 and self.ring:
             attachment.offer_frames(data_frames(bytes(self.ring[-replay:])))
         self.attachments.append(attachment)
+        self.log.mark(marker, attachment.caller.user, attachment.mode)
         if attachment.mode == "write":
             self.writer = attachment
         asyncio.get_running_loop().call_later(
@@ -290,6 +293,7 @@ class ConsoleHub:
     def detach(self, attachment: Attachment, reason: str, text: str) -> None:
         if attachment in self.attachments:
             self.attachments.remove(attachment)
+            self.log.mark("detached", attachment.caller.user, attachment.mode)
             if self.writer is attachment:
                 self.writer = None
             self._on_detach(attachment, reason)

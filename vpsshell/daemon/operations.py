@@ -275,18 +275,43 @@ async def op_watch(api: TenantServices, request: Request, target: Target | None)
     return await _attach(api, request, target, "watch")
 
 
+def _since_arg(untrusted: dict[str, Any]) -> str:
+    """``since`` as UTC text (see ``parse_since``), or "" when not given."""
+    untrusted_since = untrusted.get("since", "")
+    if not isinstance(untrusted_since, str):
+        raise UsageError("since: expected a time (ISO 8601 or -10m)")
+    return parse_since(untrusted_since) if untrusted_since else ""
+
+
 def _log_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    refuse_unknown(untrusted, {"domain", "lines"})
-    return {"lines": int_arg(untrusted, "lines", LOG_DEFAULT_LINES, 1, LOG_MAX_LINES)}
+    refuse_unknown(untrusted, {"domain", "lines", "since", "timestamps"})
+    return {
+        "lines": int_arg(untrusted, "lines", LOG_DEFAULT_LINES, 1, LOG_MAX_LINES),
+        "since": _since_arg(untrusted),
+        "timestamps": bool_arg(untrusted, "timestamps"),
+    }
 
 
 @operation("log", action="log", domain="required", args=_log_args)
 async def op_log(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """The last lines of the domain's console log. With ``timestamps``: ``entries`` instead,
+    each line with its time and the attach/detach markers; ``since`` keeps what came after."""
     assert target is not None
     hub = api.consoles.hub_for(target.info)
-    lines = await asyncio.to_thread(hub.log.tail, request.args["lines"])
+    args = request.args
+    reply: dict[str, Any] = {"domain": target.info.name}
+    if not args["since"] and not args["timestamps"]:
+        lines = await asyncio.to_thread(hub.log.tail, args["lines"])
+    else:
+        found = await asyncio.to_thread(
+            hub.log.entries, args["lines"], args["since"], markers=args["timestamps"]
+        )
+        if args["timestamps"]:
+            entries = _newest_that_fit(found)
+            return {**reply, "entries": entries, "truncated": len(entries) < len(found)}
+        lines = [str(entry["text"]) for entry in found]
     kept = _newest_that_fit(lines)
-    return {"domain": target.info.name, "lines": kept, "truncated": len(kept) < len(lines)}
+    return {**reply, "lines": kept, "truncated": len(kept) < len(lines)}
 
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
@@ -312,11 +337,7 @@ def _events_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
     refuse_unknown(untrusted, {"domain", "follow", "lines", "since"})
     follow = bool_arg(untrusted, "follow")
     lines = int_arg(untrusted, "lines", EVENTS_DEFAULT_LINES, 0, EVENTS_MAX_LINES)
-    untrusted_since = untrusted.get("since", "")
-    if not isinstance(untrusted_since, str):
-        raise UsageError("since: expected a time (ISO 8601 or -10m)")
-    since = parse_since(untrusted_since) if untrusted_since else ""
-    return {"follow": follow, "lines": lines, "since": since}
+    return {"follow": follow, "lines": lines, "since": _since_arg(untrusted)}
 
 
 @operation("events", action="events", domain="optional", args=_events_args)

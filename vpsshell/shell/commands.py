@@ -223,15 +223,26 @@ def cmd_console(ctx: Context, parsed: ParsedCommand) -> Output:
 
 
 LINES = Option("lines", COUNT, "how many lines (default 100, at most 10000)", max_value=10000)
+TIMESTAMPS = Option("timestamps", FLAG, "show when each line arrived, and who attached")
+LOG_SINCE = Option("since", TIME, "only output since TIME (2026-12-05T10:00:00Z, -10m, -2h)")
 
 
-@command("log", "recent console output of a domain", domain="required", options=(LINES, JSON))
+@command(
+    "log",
+    "recent console output of a domain",
+    domain="required",
+    options=(LINES, TIMESTAMPS, LOG_SINCE, JSON),
+)
 def cmd_log(ctx: Context, parsed: ParsedCommand) -> Output:
     args: dict[str, Any] = {"domain": parsed.domain}
     if "lines" in parsed.options:
         args["lines"] = parsed.options["lines"]
         if not args["lines"]:
             raise UsageError("log: --lines must be at least 1")
+    if "since" in parsed.options:
+        args["since"] = parsed.options["since"]
+    if parsed.options.get("timestamps"):
+        args["timestamps"] = True
     return Output("log", ctx.call("log", args))
 
 

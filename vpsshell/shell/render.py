@@ -147,12 +147,28 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
     elif kind == "log":  # guest output: shown inert, line by line
         for line in data.get("lines", []):
             env.stdout.write(f"{inert(line)}\n")
+        for entry in data.get("entries", []):
+            env.stdout.write(log_entry_line(entry) + "\n")
     elif kind == "help":
         width = max(len(usage) for usage, _ in data)
         for usage, summary in data:
             env.stdout.write(f"  {usage.ljust(width)}  {summary}\n")
     else:
         env.stdout.write(f"{inert(data)}\n")
+
+
+def log_entry_line(entry: Any) -> str:
+    """One entry of ``log --timestamps``: ``2026-12-05T10:00:01Z text`` for a line of output
+    (``-`` for the time in a log kept before times were), or ``TIME -- USER attached (write) --``
+    for a marker; all of it inert."""
+    if not isinstance(entry, dict):
+        return "?"
+    when = inert(entry.get("time") or "-").ljust(20)
+    if "event" in entry:
+        event = inert(entry.get("event") or "?").replace("-", " ")
+        who, mode = inert(entry.get("user") or "?"), inert(entry.get("mode") or "?")
+        return f"{when} -- {who} {event} ({mode}) --"
+    return f"{when} {inert(entry.get('text', ''))}"
 
 
 # -- events ---------------------------------------------------------------------------------
