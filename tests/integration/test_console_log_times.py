@@ -9,10 +9,9 @@ import time
 from typing import Any
 
 from harness import Helper, console_as, run, start_and_wait, state_of, wait_until
+from test_console import PROMPT, login
 
 from vpsshell.since import format_utc
-
-PROMPT = r"root@web1:~\$ "
 
 
 def timed_log(helper: Helper, *options: str) -> list[dict[str, Any]]:
@@ -31,13 +30,7 @@ def logged_at(helper: Helper, text: str) -> str | None:
 def test_lines_carry_their_times_since_selects_and_attaches_are_marked(helper: Helper) -> None:
     start_and_wait(helper, "vpst-alice", "web1")
     session = console_as(helper, "vpst-alice", "web1")
-    session.expect("Press Ctrl-] to detach")
-    session.send("\r")
-    session.expect("login: ")
-    session.send("root\r")
-    session.expect("Password: ")
-    session.send("secret\r")
-    session.expect(PROMPT)
+    login(session)
     session.send("echo first-output\r")
     session.expect(PROMPT)
     wait_until(lambda: logged_at(helper, "first-output") is not None, 10, "first line logged")
