@@ -371,7 +371,11 @@ def test_hubs_mark_attach_takeover_and_detach_with_the_user(tmp_path: Path) -> N
         second = consoles.new_attachment(bob, "write")
         hub.attach(second, takeover=True, replay=0)
         hub.detach(second, "detached", "bye")
+        late = consoles.new_attachment(alice, "watch")
+        hub.attach(late, takeover=False, replay=0)
         await consoles.stop()
+        hub.detach(late, "detached", "after the hub stopped")  # no file opens again for it
+        assert hub.log._fd is None
         return [(e.get("event"), e.get("user"), e.get("mode")) for e in hub.log.entries(10)]
 
     assert asyncio.run(scenario()) == [
@@ -379,6 +383,7 @@ def test_hubs_mark_attach_takeover_and_detach_with_the_user(tmp_path: Path) -> N
         ("detached", "vpst-alice", "write"),
         ("took-over", "vpst-bob", "write"),
         ("detached", "vpst-bob", "write"),
+        ("attached", "vpst-alice", "watch"),
     ]
 
 

@@ -85,6 +85,7 @@ class ConsoleLog:
         self._times_fd: int | None = None
         self._times_size = 0
         self._stamped_second: int | None = None  # of the last output record in this file
+        self._closed = False
 
     def _open(self) -> int:
         assert self.path is not None
@@ -183,7 +184,7 @@ class ConsoleLog:
     def mark(self, event: str, user: str, mode: str) -> None:
         """Note in the index that ``user`` attached, detached or took over (``mode``: write or
         watch) here; failures are logged once and never stop the console."""
-        if self.path is None or event not in MARKER_EVENTS:
+        if self.path is None or self._closed or event not in MARKER_EVENTS:
             return
         words = [w if _MARKER_WORD_RE.match(w) else "?" for w in (user, mode)]
         if self._rate is not None:  # paid from the write budget: attaching cannot flood it
@@ -224,7 +225,9 @@ class ConsoleLog:
             self._failed_write(exc)
 
     def close(self) -> None:
-        """Close the file; a gap still open is noted first, so the log says where it is."""
+        """Close the file; a gap still open is noted first, so the log says where it is. Markers
+        after this (sessions ending after their hub stopped) are not logged: no file reopens."""
+        self._closed = True
         if self.path is not None and self.left_out:
             self._write(self._left_out_note())
             self.left_out = 0
