@@ -235,14 +235,9 @@ LOG_SINCE = Option("since", TIME, "only output since TIME (2026-12-05T10:00:00Z,
 )
 def cmd_log(ctx: Context, parsed: ParsedCommand) -> Output:
     args: dict[str, Any] = {"domain": parsed.domain}
-    if "lines" in parsed.options:
-        args["lines"] = parsed.options["lines"]
-        if not args["lines"]:
-            raise UsageError("log: --lines must be at least 1")
-    if "since" in parsed.options:
-        args["since"] = parsed.options["since"]
-    if parsed.options.get("timestamps"):
-        args["timestamps"] = True
+    args.update((name, value) for name, value in parsed.options.items() if name != "json")
+    if args.get("lines") == 0:
+        raise UsageError("log: --lines must be at least 1")
     return Output("log", ctx.call("log", args))
 
 
