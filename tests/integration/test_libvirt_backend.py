@@ -21,7 +21,7 @@ import pytest
 libvirt = pytest.importorskip("libvirt", reason="libvirt-python is not installed")
 
 from vpsshell.backends import BackendConfigError, create_backend  # noqa: E402
-from vpsshell.backends.base import DomainState, LifecycleEvent  # noqa: E402
+from vpsshell.backends.base import DomainInfo, DomainState, LifecycleEvent  # noqa: E402
 from vpsshell.backends.libvirt import LibvirtBackend  # noqa: E402
 from vpsshell.backends.libvirt_host import RawEvent  # noqa: E402
 from vpsshell.backends.libvirt_uptime import UptimeBook  # noqa: E402
@@ -271,6 +271,16 @@ def test_a_dead_host_is_a_quick_temporary_failure_logged_once(
 # -- events -------------------------------------------------------------------------------
 
 
+async def watching_web1(tmp_path: Path) -> tuple[LibvirtBackend, list[LifecycleEvent], DomainInfo]:
+    """A backend on node1.xml, the events it emits as a list, and its domain web1."""
+    backend = await opened(table(("node1", test_uri("node1.xml"))), tmp_path)
+    events: list[LifecycleEvent] = []
+    backend.subscribe(events.append)
+    web1 = await backend.lookup("web1")
+    assert web1 is not None
+    return backend, events, web1
+
+
 def test_a_restart_under_a_new_id_is_a_reboot_and_the_old_runs_stop_is_dropped(
     tmp_path: Path,
 ) -> None:
@@ -278,11 +288,7 @@ def test_a_restart_under_a_new_id_is_a_reboot_and_the_old_runs_stop_is_dropped(
     of the old id, and no reboot event."""
 
     async def main() -> None:
-        backend = await opened(table(("node1", test_uri("node1.xml"))), tmp_path)
-        events: list[LifecycleEvent] = []
-        backend.subscribe(events.append)
-        web1 = await backend.lookup("web1")
-        assert web1 is not None
+        backend, events, web1 = await watching_web1(tmp_path)
         host = backend.hosts[0]
 
         def lifecycle(domain_id: int, event: int, detail: int) -> None:
@@ -306,11 +312,7 @@ def test_a_restart_under_a_new_id_is_a_reboot_and_the_old_runs_stop_is_dropped(
 
 def test_libvirt_events_become_lifecycle_events(tmp_path: Path) -> None:
     async def main() -> None:
-        backend = await opened(table(("node1", test_uri("node1.xml"))), tmp_path)
-        events: list[LifecycleEvent] = []
-        backend.subscribe(events.append)
-        web1 = await backend.lookup("web1")
-        assert web1 is not None
+        backend, events, web1 = await watching_web1(tmp_path)
         host = backend.hosts[0]
 
         def raw(kind: str, event: int = -1, detail: int = -1) -> None:

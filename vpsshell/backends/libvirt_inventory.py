@@ -110,10 +110,6 @@ class Inventory:
             if not hosts:
                 del self._by_name[record.name]
 
-    def on_host(self, host: str) -> dict[str, DomainRecord]:
-        """The records of ``host`` by UUID (a copy)."""
-        return dict(self._hosts.get(host, {}))
-
     def count(self, host: str) -> int:
         return len(self._hosts.get(host, {}))
 
