@@ -453,12 +453,10 @@ class LibvirtBackend(Backend):
         """A name the record does not hold: ask every answering host (a domain defined a
         moment ago). A host that cannot answer and was never read might hold it: do not
         guess then."""
-        asked = [host for host in self.hosts if host.connected]
-        answers = await asyncio.gather(
-            *(host.call(lambda conn: _by_name(conn, name), "lookup") for host in asked),
-            return_exceptions=True,
+        asked = await self._ask(
+            [host for host in self.hosts if host.connected], lambda conn: _by_name(conn, name)
         )
-        for host, answer in zip(asked, answers, strict=True):
+        for host, answer in asked:
             if isinstance(answer, DomainRecord):
                 self._seen.put(host.name, answer)
             elif isinstance(answer, libvirt.libvirtError):
@@ -466,7 +464,7 @@ class LibvirtBackend(Backend):
             elif isinstance(answer, BaseException) and not isinstance(answer, VpsError):
                 raise answer
         if not self._seen.named(name):
-            for host, answer in zip(asked, answers, strict=True):
+            for host, answer in asked:
                 if isinstance(answer, VpsError) and host.name not in self._seen.complete:
                     raise answer
             for host in self.hosts:
@@ -531,12 +529,8 @@ class LibvirtBackend(Backend):
         if len(copies) == 1:
             return self._hosts_by_name[copies[0][0]]
         hosts = [self._hosts_by_name[host] for host, _ in copies]
-        answers = await asyncio.gather(
-            *(host.call(lambda conn: _by_uuid(conn, uuid), "lookup") for host in hosts),
-            return_exceptions=True,
-        )
         fresh: list[tuple[str, DomainRecord]] = []
-        for host, answer in zip(hosts, answers, strict=True):
+        for host, answer in await self._ask(hosts, lambda conn: _by_uuid(conn, uuid)):
             if isinstance(answer, DomainRecord):
                 self._seen.put(host.name, answer)
                 fresh.append((host.name, answer))
@@ -578,23 +572,27 @@ class LibvirtBackend(Backend):
         else:
             self._seen.put(host.name, record)
 
+    @staticmethod
+    async def _ask(
+        hosts: list[LibvirtHost], work: Callable[[Any], T]
+    ) -> list[tuple[LibvirtHost, T | BaseException]]:
+        """``work`` on each of ``hosts`` at once: each host with its answer or its error."""
+        answers = await asyncio.gather(
+            *(host.call(work, "lookup") for host in hosts), return_exceptions=True
+        )
+        return list(zip(hosts, answers, strict=True))
+
     async def _find_host(self, uuid: str) -> LibvirtHost:
         """Ask every connected host for a UUID the record does not hold."""
-        asked = [host for host in self.hosts if host.connected]
-        answers = await asyncio.gather(
-            *(host.call(lambda conn: _by_uuid(conn, uuid), "lookup") for host in asked),
-            return_exceptions=True,
+        asked = await self._ask(
+            [host for host in self.hosts if host.connected], lambda conn: _by_uuid(conn, uuid)
         )
-        found = [
-            (host, answer)
-            for host, answer in zip(asked, answers, strict=True)
-            if isinstance(answer, DomainRecord)
-        ]
+        found = [(host, answer) for host, answer in asked if isinstance(answer, DomainRecord)]
         for host, record in found:
             self._seen.put(host.name, record)
         if found:
             return await self._locate(uuid, "lookup") if len(found) > 1 else found[0][0]
-        for answer in answers:
+        for _, answer in asked:
             if isinstance(answer, VpsError):
                 raise answer
         for host in self.hosts:
