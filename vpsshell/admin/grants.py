@@ -4,7 +4,8 @@ Grants live in ``90-vpsshell-admin.policy``, one rule per line, under a header t
 file is managed. ``grant`` adds a rule (or updates the options of the same grant); ``revoke``
 removes what it names from the managed rules of that subject, splitting a rule when only part
 of it is revoked. Both go through the same validate-show-install-reload path as ``edit``
-(changes.py). Command-line words become policy text only after a strict character check
+(changes.py); ``grant`` warns about a domain the running helper's backend does not know, unless
+``--planned``. Command-line words become policy text only after a strict character check
 (no spaces, quotes, ``#``, ``=`` or backslashes), so no argument can add a second statement
 or an option; the parser then checks them like any policy line.
 """
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from vpsshell.admin import access
+from vpsshell.admin.backend_domains import warn_unknown_domains
 from vpsshell.admin.changes import Change, install, print_diff, print_errors
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
@@ -169,6 +171,7 @@ def cmd_grant(
     confirm: str | None,
     dry_run: bool,
     identities: Identities,
+    planned: bool = False,
 ) -> int:
     _check_words(request)
     options: list[str] = []
@@ -186,6 +189,8 @@ def cmd_grant(
         if rule.expires is not None and rule.expires < ctx.today():
             ctx.note(f"warning: expires={rule.expires} is in the past; the rule never matches")
         _warn_unknown_subject(ctx, request.subject, identities)
+        if not planned and rule.domains is not None:
+            warn_unknown_domains(ctx, rule.domains)
         original = read_policy_file(policy_dir, MANAGED_FILE)
         lines = _managed_lines(original)
         new_line = rule_line(

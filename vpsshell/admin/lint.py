@@ -2,14 +2,15 @@
 
 A valid policy can still hold dead weight that misleads whoever reads it: a rule past its
 ``expires=`` day, an allow that a deny for the same subject always beats, a subject that is
-not a user or group NSS knows, a named set no rule reaches. These are warnings, located
+not a user or group NSS knows, a named set no rule reaches (and, found by backend_domains.py, a
+domain the backend does not know). These are warnings, located
 ``file:line`` like errors. This module only reads the parsed policy and the files' text.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vpsshell.admin.identities import Identities
@@ -173,9 +174,14 @@ def unused_sets(texts: Mapping[str, str]) -> list[Finding]:
 
 
 def strict_findings(
-    policy: Policy, texts: Mapping[str, str], identities: Identities, day: _dt.date
+    policy: Policy,
+    texts: Mapping[str, str],
+    identities: Identities,
+    day: _dt.date,
+    more: Sequence[Finding] = (),
 ) -> list[Finding]:
-    """Every ``--strict`` warning, in file order then line."""
+    """Every ``--strict`` warning (with ``more`` found elsewhere), in file order then line."""
     order = {name: index for index, name in enumerate(texts)}
     findings = dead_rules(policy, day) + unknown_subjects(policy, identities) + unused_sets(texts)
+    findings += more
     return sorted(set(findings), key=lambda f: (order.get(f.file, -1), f.line, f.message))

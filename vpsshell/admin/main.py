@@ -58,9 +58,11 @@ def _policy_dir(ctx: AdminContext, args: argparse.Namespace) -> str:
 
 
 def _check(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.backend_domains import planned_names
     from vpsshell.admin.policy_read import cmd_check
 
-    return cmd_check(ctx, _policy_dir(ctx, args), args.strict, ids)
+    planned = planned_names(args.planned)
+    return cmd_check(ctx, _policy_dir(ctx, args), args.strict, ids, planned)
 
 
 def _explain(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
@@ -98,7 +100,9 @@ def _grant(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.grants import Request, cmd_grant
 
     request = Request(args.subject, args.actions, tuple(args.domains))
-    return cmd_grant(ctx, request, args.expires, args.reason, args.confirm, args.dry_run, ids)
+    return cmd_grant(
+        ctx, request, args.expires, args.reason, args.confirm, args.dry_run, ids, args.planned
+    )
 
 
 def _revoke(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
@@ -207,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--strict",
         action="store_true",
-        help="also warn about rules that can never match and unused sets (warnings fail)",
+        help="also warn about rules that can never match, unused sets and, if the helper runs, "
+        "domains its backend does not know (warnings fail)",
+    )
+    check.add_argument(
+        "--planned",
+        action="append",
+        metavar="DOMAINS",
+        help="domains that do not exist yet on purpose (comma list; may be repeated)",
     )
 
     edit = command(psub, "edit", "edit a policy file safely (like visudo)", _edit)
@@ -223,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--confirm", choices=["password"], help="ask for the tenant's password first"
     )
     grant.add_argument("--dry-run", action="store_true", help="show the change, do not make it")
+    grant.add_argument(
+        "--planned",
+        action="store_true",
+        help="the domains do not exist yet on purpose: no warning that the backend lacks them",
+    )
 
     revoke = command(psub, "revoke", "remove a grant made with grant", _revoke)
     revoke.add_argument("subject", metavar="SUBJECT", help="user:NAME or group:NAME")

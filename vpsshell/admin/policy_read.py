@@ -2,7 +2,8 @@
 
 They load the policy directory exactly as the helper does (``load_policy_dir``) and decide with
 the same engine, so what they say is what the helper would do right now, given the users'
-groups as NSS reports them on this machine. None of them changes a file or talks to the helper.
+groups as NSS reports them on this machine. None of them changes a file; only ``check --strict``
+talks to the helper, to learn which domains the backend has.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from vpsshell.admin import access, lint
+from vpsshell.admin import access, backend_domains, lint
 from vpsshell.admin.assertions import describe_failure, evaluate, parse_assertions
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
@@ -38,13 +39,22 @@ def report_broken(ctx: AdminContext, policy_dir: str, policy: Policy) -> None:
     ctx.out(f"{len(policy.errors)} error(s): the helper denies everything until they are fixed")
 
 
-def cmd_check(ctx: AdminContext, policy_dir: str, strict: bool, identities: Identities) -> int:
+def cmd_check(
+    ctx: AdminContext,
+    policy_dir: str,
+    strict: bool,
+    identities: Identities,
+    planned: frozenset[str] = frozenset(),
+) -> int:
     policy = load(ctx, policy_dir)
     if policy.errors:
         report_broken(ctx, policy_dir, policy)
     findings: list[lint.Finding] = []
     if strict:
-        findings = lint.strict_findings(policy, read_texts(policy_dir), identities, ctx.today())
+        known = backend_domains.ask_helper(ctx)
+        unknown = backend_domains.unknown_domain_findings(policy, known, planned) if known else []
+        texts = read_texts(policy_dir)
+        findings = lint.strict_findings(policy, texts, identities, ctx.today(), unknown)
         for finding in findings:
             ctx.out(located(policy_dir, finding))
     if policy.errors:

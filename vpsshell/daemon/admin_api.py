@@ -1,5 +1,6 @@
 """The admin socket's operations (root only, mode 0600): reload the policy, list and end console
-sessions, show a gateway's hosts and migrate a domain between them, inject sim faults.
+sessions, name the domains the backend knows, show a gateway's hosts and migrate a domain between
+them, inject sim faults.
 
 Only connections from uid 0 (or the helper's own uid, for an unprivileged demo helper) reach
 this module; the listener checks the peer credentials before any byte is read. Operations are
@@ -102,6 +103,16 @@ class AdminApi:
 async def op_reload(api: AdminApi, args: dict[str, Any]) -> Any:
     policy = await api.policy.reload_async()
     return {"rules": len(policy.rules), "errors": [str(e) for e in policy.errors]}
+
+
+@operation("domains", args=_ignored_args)
+async def op_domains(api: AdminApi, args: dict[str, Any]) -> Any:
+    """Every domain name the backend knows (admins only: tenants must never learn other
+    tenants' names), and the hosts that do not answer now, whose domains may be missing."""
+    names = sorted({info.name for info in await api.backend.list_domains()})
+    hosts = api.backend.host_states() if hasattr(api.backend, "host_states") else []
+    missing = [host["name"] for host in hosts if host.get("state") != "connected"]
+    return {"domains": names, "hosts_not_answering": missing}
 
 
 def _crash_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
