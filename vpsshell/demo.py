@@ -20,6 +20,13 @@ import sys
 import tempfile
 import time
 
+USAGE = "usage: vpsshell-demo [-c COMMAND]"
+ABOUT = """\
+Starts a private vpsshell helper on a simulated host (no root, no hypervisor) and opens
+vpsshell against it: you own web1, web2 and db1; billing belongs to somebody else.
+With -c it runs one COMMAND instead (vpsshell-demo -c 'list'). Everything it started and
+wrote is removed when it exits."""
+
 DOMAINS = (("web1", 1, 512, 3), ("web2", 2, 1024, 3), ("db1", 2, 2048, 5), ("billing", 4, 4096, 3))
 
 
@@ -74,8 +81,11 @@ def _wait_for_socket(path: str, helper: subprocess.Popen[bytes], timeout: float)
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(USAGE + "\n\n" + ABOUT)
+        return 0
     if args not in ([],) and not (len(args) == 2 and args[0] == "-c"):
-        print("usage: vpsshell-demo [-c COMMAND]", file=sys.stderr)
+        print(f"{USAGE}\n(vpsshell-demo --help says more)", file=sys.stderr)
         return 64
     root = tempfile.mkdtemp(prefix="vpsshell-demo-")
     helper: subprocess.Popen[bytes] | None = None

@@ -152,20 +152,29 @@ def cmd_whoami(ctx: Context, parsed: ParsedCommand) -> Output:
 @command("help", "list commands, or explain one", extra_arg="[VERB]")
 def cmd_help(ctx: Context, parsed: ParsedCommand) -> Output:
     if parsed.extra is None:
-        rows = [
-            (VERBS[name].usage(), VERBS[name].summary)
-            for name in ORDER
-            if ctx.interactive or not VERBS[name].interactive_only
-        ]
-        return Output("help", rows)
+        return Output(
+            "help",
+            [
+                _verb_help(VERBS[name])
+                for name in ORDER
+                if ctx.interactive or not VERBS[name].interactive_only
+            ],
+        )
     verb = VERBS.get(parsed.extra)
     if verb is None:
         raise UsageError(f"help: unknown command {parsed.extra!r}")
-    lines = [f"usage: {verb.usage()}", f"  {verb.summary}"]
-    if verb.aliases:
-        lines.append(f"  also: {', '.join(verb.aliases)}")
-    lines.extend(f"  --{option.name}: {option.help}" for option in verb.options)
-    return Output("text", "\n".join(lines))
+    return Output("verb-help", _verb_help(verb))
+
+
+def _verb_help(verb: Verb) -> dict[str, Any]:
+    """What ``help`` says of one verb, as data for ``render``."""
+    return {
+        "usage": verb.usage(),
+        "summary": verb.summary,
+        "aliases": list(verb.aliases),
+        "options": [(f"--{option.name}", option.help) for option in verb.options],
+        "interactive_only": verb.interactive_only,
+    }
 
 
 @command("version", "versions of this shell and of the helper")
@@ -177,6 +186,11 @@ def cmd_version(ctx: Context, parsed: ParsedCommand) -> Output:
 @command("exit", "leave the shell", aliases=("quit",), interactive_only=True)
 def cmd_exit(ctx: Context, parsed: ParsedCommand) -> Output:
     return Output("exit", None)
+
+
+@command("clear", "clear the screen (Ctrl-L does too)", interactive_only=True)
+def cmd_clear(ctx: Context, parsed: ParsedCommand) -> Output:
+    return Output("clear", None)
 
 
 WATCH = Option("watch", FLAG, "watch only: see the console, type nothing")

@@ -150,11 +150,41 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
         for entry in data.get("entries", []):
             env.stdout.write(log_entry_line(entry) + "\n")
     elif kind == "help":
-        width = max(len(usage) for usage, _ in data)
-        for usage, summary in data:
+        width = min(max(len(verb["usage"]) for verb in data), HELP_USAGE_WIDTH)
+        for verb in data:
+            usage, summary = verb["usage"], _summary_with_aliases(verb)
+            if len(usage) > width:  # its summary goes on a line of its own, in the column
+                env.stdout.write(f"  {usage}\n")
+                usage = ""
             env.stdout.write(f"  {usage.ljust(width)}  {summary}\n")
+    elif kind == "verb-help":
+        for line in verb_help_lines(data):
+            env.stdout.write(line + "\n")
+    elif kind == "clear":
+        if env.stdout_isatty and not env.dumb_terminal:  # as Ctrl-L: home, erase the screen
+            env.stdout.write(CLEAR_SCREEN)
     else:
         env.stdout.write(f"{inert(data)}\n")
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+HELP_USAGE_WIDTH = 46  # a wider usage puts its summary below, so most of help fits 80 columns
+
+
+def _summary_with_aliases(verb: dict[str, Any]) -> str:
+    aliases = verb["aliases"]
+    return f"{verb['summary']}; also {', '.join(aliases)}" if aliases else verb["summary"]
+
+
+def verb_help_lines(verb: dict[str, Any]) -> list[str]:
+    """``help VERB``: its usage, summary, aliases, options, and whether ``-c`` refuses it."""
+    lines = [f"usage: {verb['usage']}", f"  {verb['summary']}"]
+    if verb["aliases"]:
+        lines.append(f"  also: {', '.join(verb['aliases'])}")
+    lines.extend(f"  {name}: {text}" for name, text in verb["options"])
+    if verb["interactive_only"]:
+        lines.append("  interactive only (not with vpsshell -c)")
+    return lines
 
 
 def log_entry_line(entry: Any) -> str:
