@@ -1,11 +1,12 @@
 """``policy edit [FILE]``: visudo for the policy directory.
 
-The admin edits a private copy in ``$VISUAL``/``$EDITOR`` (default ``vi``), run from an argv
-list (split like a shell would split words, but never through a shell) while the directory is
-locked. The copy is validated together with the rest of the directory; the admin sees the
-errors, or the change in who may do what, and chooses to edit again, discard or apply. A copy
-with errors cannot be applied. If the file changed underneath, nothing is installed and the
-copy is kept for the admin.
+The admin edits a private copy in ``$VISUAL``/``$EDITOR`` (default ``vi``, named before it runs),
+run from an argv list (split like a shell would split words, but never through a shell) while
+the directory is locked. The copy is validated together with the rest of the directory; the
+admin sees the errors, or the change in who may do what, and chooses to edit again, discard or
+apply; with ``--yes`` (scripts) a valid copy is applied and one with errors discarded, without
+asking. A copy with errors cannot be applied. If the file changed underneath, nothing is
+installed and the copy is kept for the admin.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ NEW_FILE_TEMPLATE = """\
 """
 
 
+FALLBACK_EDITOR = "vi"
+
+
+def editor_command(ctx: AdminContext) -> tuple[str, str]:
+    """The editor command and where it comes from: ``$VISUAL``, else ``$EDITOR``, else vi."""
+    for variable in ("VISUAL", "EDITOR"):
+        if ctx.environ.get(variable):
+            return ctx.environ[variable], f"${variable}"
+    return FALLBACK_EDITOR, "neither $VISUAL nor $EDITOR is set"
+
+
 def editor_argv(ctx: AdminContext) -> list[str]:
-    """``$VISUAL``, else ``$EDITOR``, else ``vi``, split into words (no shell is involved)."""
-    command = ctx.environ.get("VISUAL") or ctx.environ.get("EDITOR") or "vi"
+    """The editor command split into words (no shell is involved)."""
+    command, _ = editor_command(ctx)
     try:
         argv = shlex.split(command)
     except ValueError as exc:
@@ -41,6 +53,8 @@ def editor_argv(ctx: AdminContext) -> list[str]:
 
 def run_editor(ctx: AdminContext, path: str) -> bool:
     argv = [*editor_argv(ctx), path]
+    command, origin = editor_command(ctx)
+    ctx.note(f"editing {path} with {command} ({origin})")
     try:
         status = subprocess.run(argv, env=dict(ctx.environ), check=False).returncode
     except OSError as exc:
@@ -60,7 +74,9 @@ def _read_copy(path: str) -> str | None:
         return None
 
 
-def cmd_edit(ctx: AdminContext, argument: str, identities: Identities) -> int:
+def cmd_edit(
+    ctx: AdminContext, argument: str, identities: Identities, assume_yes: bool = False
+) -> int:
     policy_dir = ctx.config.policy_dir
     name = resolve_target(policy_dir, argument)
     with PolicyLock(policy_dir):
@@ -72,7 +88,9 @@ def cmd_edit(ctx: AdminContext, argument: str, identities: Identities) -> int:
             fh.write(start_text if start_text is not None else NEW_FILE_TEMPLATE)
         keep_copy = False
         try:
-            result = _edit_loop(ctx, policy_dir, name, original, start_text, copy, identities)
+            result = _edit_loop(
+                ctx, policy_dir, name, original, start_text, copy, identities, assume_yes
+            )
             keep_copy = result == _KEEP
             if keep_copy:
                 ctx.out(f"your version is kept in {copy}")
@@ -94,7 +112,13 @@ def _edit_loop(
     start_text: str | None,
     copy: str,
     identities: Identities,
+    assume_yes: bool,
 ) -> int:
+    def what_now(prompt: str, choices: str) -> str:
+        if assume_yes:  # apply what is valid, discard what is not: never edit again
+            return "a" if "a" in choices else "x"
+        return ctx.ask(prompt, choices, on_eof="x")
+
     installed_now = None  # the directory's policy, loaded once the first copy validates
     while True:
         if not run_editor(ctx, copy):
@@ -102,7 +126,7 @@ def _edit_loop(
         text = _read_copy(copy)
         if text is None:
             ctx.out(f"{name}: not valid UTF-8")
-            if ctx.ask("What now? (e)dit again, (x) discard: ", "ex", on_eof="x") == "e":
+            if what_now("What now? (e)dit again, (x) discard: ", "ex") == "e":
                 continue
             ctx.out("discarded; nothing was changed")
             return AdminExit.FAILED
@@ -113,13 +137,13 @@ def _edit_loop(
         new = change.validate(ctx)
         if new.errors:
             print_errors(ctx, change, new)
-            if ctx.ask("What now? (e)dit again, (x) discard: ", "ex", on_eof="x") == "e":
+            if what_now("What now? (e)dit again, (x) discard: ", "ex") == "e":
                 continue
             ctx.out("discarded; nothing was changed")
             return AdminExit.FAILED
         installed_now = change.current(ctx)
         print_diff(ctx, installed_now, new, identities)
-        choice = ctx.ask("What now? (e)dit again, (x) discard, (a)pply: ", "exa", on_eof="x")
+        choice = what_now("What now? (e)dit again, (x) discard, (a)pply: ", "exa")
         if choice == "e":
             continue
         if choice == "x":

@@ -93,7 +93,7 @@ def _edit(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.edit import cmd_edit
     from vpsshell.admin.policydir import DEFAULT_EDIT_FILE
 
-    return cmd_edit(ctx, args.file or DEFAULT_EDIT_FILE, ids)
+    return cmd_edit(ctx, args.file or DEFAULT_EDIT_FILE, ids, args.yes)
 
 
 def _grant(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     edit = command(psub, "edit", "edit a policy file safely (like visudo)", _edit)
     edit.add_argument("file", nargs="?", metavar="FILE", help="default: 50-local.policy")
+    edit.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="apply a valid edit without asking (one with errors is discarded, exit 1)",
+    )
 
     grant = command(psub, "grant", "allow SUBJECT to do ACTIONS on DOMAINS", _grant)
     grant.add_argument("subject", metavar="SUBJECT", help="user:NAME or group:NAME")
