@@ -7,7 +7,8 @@ reported as kept. Files that are part of the program (man pages, the login-shell
 tests); ``--dry-run`` only says what would change. The shipped files come from the installed
 package's data (``share/vpsshell`` and ``share/man`` under the venv) or, when running from a
 source checkout, from the checkout. This module never edits sshd's own config: the snippet
-goes into ``sshd_config.d`` only with ``--sshd``.
+goes into ``sshd_config.d`` only with ``--sshd``. Nothing is written if the tenants' group
+could not run the launcher's Python (tenant_access.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from vpsshell import paths
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.launcher import launcher_text
+from vpsshell.admin.tenant_access import refuse_unusable_launcher
 
 #: Shipped files: name in the source tree -> where pip puts it under sys.prefix.
 SHIPPED = {
@@ -240,10 +242,11 @@ def cmd_install(
     installer = Installer(ctx, os.path.normpath(root), dry_run)
     shell_path = os.path.join(prefix, "bin", "vpsshell")
     scripts = sysconfig.get_path("scripts")
+    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
+    refuse_unusable_launcher(socket_group)
 
     installer.directory(os.path.dirname(config_path), 0o755)
     installer.file(config_path, CONFIG_TEMPLATE.encode(), 0o644, ours=False)
-    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
     installer.directory(policy_dir, 0o755)
     installer.directory(hooks_dir, 0o755)
     installer.directory(AUTHORIZED_KEYS_DIR, 0o755)

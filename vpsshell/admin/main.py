@@ -156,7 +156,11 @@ def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> in
 
 def _install_shell(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.launcher import install_launcher
+    from vpsshell.admin.tenant_access import refuse_unusable_launcher
+    from vpsshell.daemon.config import load_config
 
+    config = load_config(args.config) if os.path.exists(args.config) else ctx.config
+    refuse_unusable_launcher(config.socket_group)
     install_launcher(args.path)
     ctx.out(f"installed {args.path} (runs {sys.executable} -I)")
     return AdminExit.OK
