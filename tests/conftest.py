@@ -8,6 +8,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,11 +32,34 @@ def tenants() -> Iterator[None]:
         pytest.skip("needs root to create OS users (run the suite as root)")
     ensure_users()
     pam_file = Path("/etc/pam.d/vpsshell")
-    if not pam_file.exists():  # the helper's PAM service, as `vpsshell-admin install` sets up
+    made_pam_file = not pam_file.exists()
+    if made_pam_file:  # the helper's PAM service, as `vpsshell-admin install` sets up
         shutil.copy(Path(__file__).parent.parent / "pam" / "vpsshell", pam_file)
     yield
-    if not os.environ.get("VPSSHELL_KEEP_USERS"):
+    if not os.environ.get("VPSSHELL_KEEP_USERS"):  # others' runs still use them
         remove_users()
+        if made_pam_file:  # an installed vpsshell's own file is left alone
+            pam_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kept_policy_copies_removed() -> Iterator[None]:
+    """``policy edit`` keeps the admin's version in /tmp/vpsshell-edit-* when it cannot install
+    it (that is its job, and tests provoke it); those made in this process go at the end."""
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args: Any, **kwargs: Any) -> Any:
+        path = real_mkdtemp(*args, **kwargs)
+        if os.path.basename(path).startswith("vpsshell-edit-"):
+            made.append(path)
+        return path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+        yield
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
