@@ -13,17 +13,24 @@ The socket stays blocking, its waits bounded by the kernel (``SO_SNDTIMEO``/``SO
 a Python socket timeout would make every ``send``/``recv`` a ``poll`` plus the call. A reply is
 read with one ``recv`` where it fits; a request whose reply hands the connection over (a
 console) reads exactly its reply and nothing of what follows it.
+
+A caller outside the group that may use the tenant socket is refused by the kernel before the
+helper hears of it, so the client explains (``unreachable``): the tenant is told that their
+account may not use vpsshell here, and the admin's syslog (authpriv) gets the account and the
+group's name, which is the host's business, not the tenant's.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from vpsshell import protocol
-from vpsshell.errors import TemporaryFailure, Unavailable, VpsError, error_from_wire
+from vpsshell.errors import Denied, TemporaryFailure, Unavailable, VpsError, error_from_wire
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 DEFAULT_REPLY_TIMEOUT_SECONDS = 90.0
@@ -44,9 +51,49 @@ def _bound_waits(sock: socket.socket, seconds: float | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
 
 
-def unreachable(path: str, exc: OSError) -> Unavailable:
+NOT_A_TENANT = "your account may not use vpsshell here (ask your provider)"
+
+
+def unreachable(path: str, exc: OSError) -> VpsError:
+    """Why connecting to the helper at ``path`` failed, as the tenant is told it."""
+    if isinstance(exc, PermissionError) and _outside_socket_group(path):
+        return Denied(NOT_A_TENANT)
     reason = exc.strerror or str(exc)
     return Unavailable(f"cannot reach the vpsshell helper at {path}: {reason}")
+
+
+def _outside_socket_group(path: str) -> bool:
+    """Whether ``path`` is a socket that lets its group in and we are not in that group; if
+    so, say so in syslog for the admin. (The admin socket, 0600, lets no group in: a refusal
+    there stays a plain "Permission denied".)"""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return False
+    lets_group_in = stat.S_ISSOCK(found.st_mode) and found.st_mode & stat.S_IWGRP
+    if not lets_group_in or found.st_gid in (os.getgid(), *os.getgroups()):
+        return False
+    import grp
+    import pwd
+    import syslog
+
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid {uid}"
+    try:
+        group = grp.getgrgid(found.st_gid).gr_name
+    except KeyError:
+        group = f"gid {found.st_gid}"
+    syslog.openlog("vpsshell", syslog.LOG_PID, syslog.LOG_AUTHPRIV)
+    syslog.syslog(
+        syslog.LOG_WARNING,
+        f"{user} (uid {uid}) may not use vpsshell: not in group {group}, which may connect "
+        f"to {path} (usermod -aG {group} {user} would let them)",
+    )
+    syslog.closelog()
+    return True
 
 
 def reply_result(
