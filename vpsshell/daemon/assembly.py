@@ -96,7 +96,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon.server import Listener, bind_socket
     from vpsshell.daemon.session_guard import SessionGuard
 
-    audit = AuditLog(config.audit_log)
+    audit = AuditLog(config.audit_log, to_syslog=config.audit_syslog)
     audit.open()
     backend = create_backend(config.backend, config.state_dir)
     await backend.open()

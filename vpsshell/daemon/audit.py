@@ -13,6 +13,14 @@ change a domain (fail closed) unless the admin chose ``audit_fail_open``.
 Floods are folded: records that a tenant can provoke at will and that say the same thing
 (refused connections, requests over the rate limit) are written once per ``FOLD_SECONDS`` and
 key, followed by one record with ``"repeated": N`` for the rest of that window.
+
+Rotation: ``reopen()`` (SIGUSR1 or SIGHUP, sent by logrotate's postrotate) opens the path
+afresh. It runs on the event loop between two records, and each record is one ``write``, so
+every record goes whole either to the file logrotate moved away or to the new one.
+
+With ``audit_syslog`` every record is also sent to syslog (``SyslogCopy``: facility authpriv,
+identifier ``vpsshell-audit``), without ever waiting: a record the syslog socket cannot take
+at once is dropped from the copy, counted and logged. The file stays the record that counts.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import syslog
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -54,9 +64,69 @@ class _Fold:
     first_time: str = ""
 
 
+class SyslogCopy:
+    """Audit records sent to syslog as well, as datagrams on /dev/log (where the journal
+    listens on systemd hosts). Never blocks the helper: the socket is non-blocking, and what
+    it cannot take now is dropped from the copy (the audit file has it) and counted."""
+
+    ADDRESS = "/dev/log"
+    IDENTIFIER = "vpsshell-audit"
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self.dropped = 0
+        self._dropped_reported = 0
+        self._last_error_logged = 0.0
+
+    def send(self, line: str, decision: object) -> None:
+        # refusals at notice, so a syslog filter can pick them out without parsing the JSON
+        severity = syslog.LOG_NOTICE if decision in ("deny", "invalid") else syslog.LOG_INFO
+        message = f"<{syslog.LOG_AUTHPRIV | severity}>{self.IDENTIFIER}[{os.getpid()}]: {line}"
+        try:
+            if self._sock is None:
+                self._sock = self._connect()
+            self._sock.send(message.encode("ascii"))
+        except OSError as exc:
+            if not isinstance(exc, BlockingIOError) and self._sock is not None:
+                self._sock.close()  # syslog restarted or gone: connect again next time
+                self._sock = None
+            self.dropped += 1
+            self._report(exc)
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(
+            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        )
+        try:
+            sock.connect(self.ADDRESS)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _report(self, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._last_error_logged < ERROR_LOG_EVERY_SECONDS:
+            return
+        self._last_error_logged = now
+        log.warning(
+            "audit records not copied to syslog (%s): %d since the last report; the audit "
+            "log has them",
+            exc.strerror or exc,
+            self.dropped - self._dropped_reported,
+        )
+        self._dropped_reported = self.dropped
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
 class AuditLog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, to_syslog: bool = False) -> None:
         self.path = path
+        self.syslog_copy = SyslogCopy() if to_syslog else None
         self._fd: int | None = None
         self._broken_line = False  # the file may end in a partial record
         self._failed = False
@@ -73,11 +143,31 @@ class AuditLog:
         if size:  # a helper killed in mid-write (or a full disk) may have left half a line
             self._broken_line = os.pread(self._fd, 1, size - 1) != b"\n"
 
+    def reopen(self) -> None:
+        """Write to a file at ``path`` from the next record on (logrotate moved the old one
+        away). If it cannot be opened, records go on to the old file, and the failure is
+        logged."""
+        old = self._fd
+        self._fd = None
+        try:
+            self.open()
+        except OSError as exc:
+            self._fd = old
+            log.error(
+                "cannot reopen the audit log %s: %s; still writing to the old file", self.path, exc
+            )
+            return
+        if old is not None:
+            os.close(old)
+        log.info("reopened the audit log %s", self.path)
+
     def close(self) -> None:
         self.flush_folds()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self.syslog_copy is not None:
+            self.syslog_copy.close()
 
     def writable(self) -> bool:
         """Whether records can be written now: the last write worked and there is room."""
@@ -98,6 +188,8 @@ class AuditLog:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         record.update({key: _clip(value) for key, value in fields.items()})
         line = _ENCODER.encode(record) + "\n"
+        if self.syslog_copy is not None:  # whether or not the file takes it
+            self.syslog_copy.send(line.rstrip("\n"), record.get("decision"))
         data = line.encode("ascii")
         if self._broken_line:
             data = b"\n" + data

@@ -7,11 +7,18 @@ running with a default.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from vpsshell import paths
+
+
+def _default_pid_file(socket_path: str) -> str:
+    """The pid file lives in the run directory, the tenant socket's: a helper given a socket of
+    its own (a test, a second helper on one host) gets a pid file of its own with it."""
+    return os.path.join(os.path.dirname(socket_path), "vpsshelld.pid")
 
 
 class ConfigError(Exception):
@@ -75,6 +82,8 @@ class DaemonConfig:
     policy_poll_seconds: float = 1.0
     pam_service: str = "vpsshell"  # "" turns PAM off (the unprivileged demo does)
     audit_fail_open: bool = False  # True: act even when the audit log cannot be written
+    audit_syslog: bool = False  # True: every audit record also goes to syslog (the journal)
+    pid_file: str = _default_pid_file(paths.SOCKET)  # locked while the helper runs
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
@@ -89,6 +98,7 @@ _PATH_KEYS = (
     "state_dir",
     "console_log_dir",
     "hooks_dir",
+    "pid_file",
 )
 
 
@@ -123,6 +133,7 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         "policy_poll_seconds",
         "pam_service",
         "audit_fail_open",
+        "audit_syslog",
     }
     unknown = set(data) - known
     if unknown:
@@ -141,10 +152,11 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         if not isinstance(service, str) or not all(c.isalnum() or c in "_.-" for c in service):
             raise ConfigError(f'{source}: pam_service: expected a PAM service name or ""')
         values["pam_service"] = service
-    if "audit_fail_open" in data:
-        if not isinstance(data["audit_fail_open"], bool):
-            raise ConfigError(f"{source}: audit_fail_open: expected true or false")
-        values["audit_fail_open"] = data["audit_fail_open"]
+    for key in ("audit_fail_open", "audit_syslog"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ConfigError(f"{source}: {key}: expected true or false")
+            values[key] = data[key]
     limits = data.get("limits", {})
     backend = data.get("backend", {"type": "sim"})
     if not isinstance(limits, dict):
@@ -157,6 +169,8 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     values["backend"] = backend
+    if "pid_file" not in data:
+        values["pid_file"] = _default_pid_file(values.get("socket", paths.SOCKET))
     return DaemonConfig(**values)
 
 

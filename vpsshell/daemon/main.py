@@ -1,18 +1,26 @@
 """``vpsshelld``: command line, start-up, signals and shutdown of the helper.
 
 ``--check-config`` validates the config, the backend table and the policy without binding any
-socket. ``--foreground`` keeps the process attached (as under systemd); otherwise it detaches.
-SIGTERM/SIGINT stop it cleanly, SIGHUP reloads the policy.
+socket. ``--foreground`` keeps the process attached and logging to stderr (as under systemd);
+otherwise it detaches and logs to syslog, and the command returns only once the helper listens
+(status 0) or has failed to start (status 1, the reason on stderr): a helper that cannot start
+is never silent. Either way the helper holds its pid file (``pid_file``) while it runs.
+SIGTERM/SIGINT stop it cleanly; SIGHUP reloads the policy and reopens the audit log, SIGUSR1
+only reopens the audit log (after logrotate moved it away).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
+import logging.handlers
 import os
 import signal
+import stat
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vpsshell import __version__, paths
@@ -58,15 +66,83 @@ def _check(config_path: str) -> int:
     return 0
 
 
-def _detach() -> None:
+STARTED = b"listening"  # what a detached helper says on its start-up pipe once it serves
+SYSLOG_SOCKET = "/dev/log"  # syslog's socket; on systemd hosts the journal listens on it
+FALLBACK_LOG_NAME = "vpsshelld.log"  # beside the audit log, when there is no syslog
+
+
+def _detach() -> int:
+    """Detach from the terminal and session. The command that was run waits on a pipe and
+    exits with the helper's start-up outcome (``_start_outcome``); in the helper, this
+    returns the pipe's write end. stderr stays the command's until the helper listens, so
+    whatever stops the start-up is shown where it was started."""
+    read_end, write_end = os.pipe()
     if os.fork():
-        os._exit(0)
+        os.close(write_end)
+        raise SystemExit(_start_outcome(read_end))
+    os.close(read_end)
     os.setsid()
     if os.fork():
         os._exit(0)
+    os.chdir("/")
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1):
         os.dup2(devnull, fd)
+    os.close(devnull)
+    return write_end
+
+
+def _start_outcome(read_end: int) -> int:
+    said = b""
+    while chunk := os.read(read_end, 64):
+        said += chunk
+    if said == STARTED:
+        return 0
+    # the helper has already logged why, to this stderr and to syslog
+    print("vpsshelld: the helper did not start", file=sys.stderr)
+    return 1
+
+
+def _started_detached(write_end: int) -> None:
+    """The detached helper listens: release the command that started it, and from now on
+    log only to syslog (its stderr goes to /dev/null)."""
+    os.write(write_end, STARTED)
+    os.close(write_end)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            root.removeHandler(handler)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def _log_to_system(config: DaemonConfig) -> None:
+    """A detached helper logs to syslog (/dev/log, which the journal serves on systemd
+    hosts); without one, to ``vpsshelld.log`` beside the audit log, reopened by itself when
+    logrotate moves it (``WatchedFileHandler``)."""
+    handler: logging.Handler
+    try:
+        if not stat.S_ISSOCK(os.stat(SYSLOG_SOCKET).st_mode):
+            raise FileNotFoundError(SYSLOG_SOCKET)
+        syslog = logging.handlers.SysLogHandler(
+            SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+        )
+        syslog.ident = f"vpsshelld[{os.getpid()}]: "
+        handler = syslog
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    except OSError:
+        directory = os.path.dirname(config.audit_log)
+        os.makedirs(directory, mode=0o750, exist_ok=True)
+        handler = logging.handlers.WatchedFileHandler(
+            os.path.join(directory, FALLBACK_LOG_NAME), delay=False
+        )
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s vpsshelld[%(process)d]: %(levelname)s %(name)s: %(message)s"
+            )
+        )
+    logging.getLogger().addHandler(handler)
 
 
 MAX_OPEN_FILES = 65536
@@ -83,7 +159,7 @@ def _raise_open_files_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-async def _serve(config: DaemonConfig) -> int:
+async def _serve(config: DaemonConfig, started: Callable[[], None] | None) -> int:
     from vpsshell.daemon import systemd
     from vpsshell.daemon.assembly import start_helper
 
@@ -93,9 +169,19 @@ async def _serve(config: DaemonConfig) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, helper.policy.reload_soon)
+
+    def reload_and_reopen() -> None:
+        # HUP is what admins send by habit after rotating logs, and what ExecReload sends:
+        # both want the policy read again and the audit log reopened
+        helper.policy.reload_soon()
+        helper.audit.reopen()
+
+    loop.add_signal_handler(signal.SIGHUP, reload_and_reopen)
+    loop.add_signal_handler(signal.SIGUSR1, helper.audit.reopen)  # logrotate's postrotate
     watcher = asyncio.create_task(helper.policy.watch(config.policy_poll_seconds))
     systemd.notify("READY=1")
+    if started is not None:
+        started()
     try:
         await stop.wait()
     finally:
@@ -117,20 +203,28 @@ def main(argv: list[str] | None = None) -> int:
         return _check(args.config)
     from vpsshell.backends import BackendConfigError
     from vpsshell.daemon.config import ConfigError, load_config
+    from vpsshell.daemon.pid_file import PidFile
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
+    started: Callable[[], None] | None = None
     if not args.foreground:
-        _detach()
+        start_pipe = _detach()
+        _log_to_system(config)
+        started = functools.partial(_started_detached, start_pipe)
     _raise_open_files_limit()
+    pid_file = PidFile(config.pid_file)
     try:
-        return asyncio.run(_serve(config))
+        pid_file.acquire()  # before anything else: a second helper touches nothing
+        return asyncio.run(_serve(config, started))
     except (ConfigError, BackendConfigError, RuntimeError, OSError) as exc:
         log.error("%s", exc)
         return 1
+    finally:
+        pid_file.release()
 
 
 if __name__ == "__main__":
