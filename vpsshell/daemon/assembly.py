@@ -93,6 +93,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon.peer import Caller
     from vpsshell.daemon.pipeline import TenantApi
     from vpsshell.daemon.policy_state import PolicyState
+    from vpsshell.daemon.pre_hooks import PreActionHooks
     from vpsshell.daemon.server import Listener, bind_socket
     from vpsshell.daemon.session_guard import SessionGuard
 
@@ -176,6 +177,13 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         passwords,
         accounts,
         audit_fail_open=config.audit_fail_open,
+        pre_hooks=PreActionHooks(
+            config.hooks_dir,
+            timeout=limits.pre_hook_timeout_seconds,
+            on_timeout=config.pre_hook_on_timeout,
+            at_once=limits.pre_hook_runs_at_once,
+            per_user=limits.pre_hook_runs_per_user,
+        ),
     )
 
     async def admit(caller: Caller, max_age: float | None) -> str | None:

@@ -67,6 +67,9 @@ class Limits:
     hook_queue_events: int = 1000  # lifecycle events waiting for the hooks; more are dropped
     hook_queue_tenant_events: int = 1000  # console-* and denied waiting (own queue, runs after)
     hook_queue_tenant_events_per_user: int = 100  # of those, caused by one user
+    pre_hook_timeout_seconds: float = 10.0  # one pre-action hook; then it has timed out
+    pre_hook_runs_at_once: int = 8  # actions in their pre-action hooks, all users together...
+    pre_hook_runs_per_user: int = 2  # ...and of one user; more wait (as long as one hook may)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class DaemonConfig:
     policy_poll_seconds: float = 1.0
     pam_service: str = "vpsshell"  # "" turns PAM off (the unprivileged demo does)
     audit_fail_open: bool = False  # True: act even when the audit log cannot be written
+    pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
     audit_syslog: bool = False  # True: every audit record also goes to syslog (the journal)
     pid_file: str = _default_pid_file(paths.SOCKET)  # locked while the helper runs
     limits: Limits = field(default_factory=Limits)
@@ -100,6 +104,9 @@ _PATH_KEYS = (
     "hooks_dir",
     "pid_file",
 )
+
+
+PRE_HOOK_ON_TIMEOUT = ("refuse", "allow")
 
 
 def _number(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -132,6 +139,7 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         "limits",
         "policy_poll_seconds",
         "pam_service",
+        "pre_hook_on_timeout",
         "audit_fail_open",
         "audit_syslog",
     }
@@ -157,6 +165,10 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
             if not isinstance(data[key], bool):
                 raise ConfigError(f"{source}: {key}: expected true or false")
             values[key] = data[key]
+    if "pre_hook_on_timeout" in data:
+        if data["pre_hook_on_timeout"] not in PRE_HOOK_ON_TIMEOUT:
+            raise ConfigError(f'{source}: pre_hook_on_timeout: expected "refuse" or "allow"')
+        values["pre_hook_on_timeout"] = data["pre_hook_on_timeout"]
     limits = data.get("limits", {})
     backend = data.get("backend", {"type": "sim"})
     if not isinstance(limits, dict):

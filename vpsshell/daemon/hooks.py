@@ -20,6 +20,10 @@ hidden files, editor backups or package manager leftovers). Anything skipped is 
 with why. A hook gets no tenant string on its command line (argv is its absolute path), no
 shell, a fixed environment, the event as JSON on stdin, ``/`` as working directory and a
 session of its own, whose whole process group is killed at the timeout. See vpsshelld(8), "HOOKS".
+
+The pre-action hooks (``pre_hooks``) live in ``pre-ACTION.d`` directories inside ``hooks_dir``
+and follow the same rules: they use ``HookDirectory`` and ``run_executable`` from here, and
+the event hooks pass their directories by.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import os
 import re
 import signal
 from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
 
 from vpsshell.checks import helper_trusted_uids, trusted_file_problem
 from vpsshell.daemon.events import CONSOLE_KINDS, Event
@@ -47,6 +53,7 @@ OUTPUT_DRAIN_SECONDS = 1.0  # after the hook ended: a child that kept its pipes 
 STOP_GRACE_SECONDS = 2.0
 # events a tenant's request causes, queued per user; every other kind is a lifecycle event here
 TENANT_CAUSED_KINDS = CONSOLE_KINDS | frozenset({"denied"})
+PRE_ACTION_DIRECTORY_RE = re.compile(r"pre-[a-z]+\.d\Z")
 
 
 def _inert(data: bytes) -> str:
@@ -141,6 +148,67 @@ class FairQueue:
         return event
 
 
+class HookDirectory:
+    """One directory of hooks: which of its files may run now, each skipped file (and a
+    refused directory) logged once with why, again if the reason changes."""
+
+    def __init__(
+        self,
+        directory: str,
+        trusted_uids: frozenset[int],
+        ignored: Callable[[str], bool] = lambda name: False,
+    ) -> None:
+        self.directory = directory
+        self.trusted_uids = trusted_uids
+        self.ignored = ignored  # names that are not hooks and pass without a word
+        self._reported: dict[str, str] = {}  # file (or "" for the directory) -> logged reason
+
+    def _report(self, key: str, message: str) -> None:
+        """Log ``message`` about ``key`` (a file name, "" for the directory) unless already."""
+        if self._reported.get(key) != message:
+            self._reported[key] = message
+            log.warning("hooks: %s", message)
+
+    def scan(self) -> list[str] | None:
+        """Absolute paths of the hooks to run now, in name order ([] when the directory does
+        not exist), or None when the directory itself is refused; logs what it skips, once."""
+        problem = directory_problem(self.directory, self.trusted_uids)
+        if problem == "does not exist":
+            return []
+        if problem:
+            self._report("", f"{self.directory}: {problem}; no hook runs")
+            return None
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError as exc:
+            self._report("", f"{self.directory}: {exc.strerror}; no hook runs")
+            return None
+        self._reported.pop("", None)
+        paths = []
+        for name in names:
+            if self.ignored(name):
+                continue
+            path = os.path.join(self.directory, name)
+            try:
+                reason = skip_reason(name, os.lstat(path), self.trusted_uids)
+            except OSError:
+                continue  # removed meanwhile
+            if reason:
+                self._report(name, f"{_inert(os.fsencode(path))}: {reason}; skipped")
+            else:
+                self._reported.pop(name, None)
+                paths.append(path)
+        for name in set(self._reported) - set(names) - {""}:
+            del self._reported[name]  # gone: if it comes back broken, say so again
+        return paths
+
+
+def is_pre_action_directory(name: str) -> bool:
+    """``pre-start.d`` and the like, the pre-action hooks' directories (``pre_hooks``): in
+    ``hooks_dir`` but not event hooks, so the event hooks pass them without a word."""
+    return PRE_ACTION_DIRECTORY_RE.match(name) is not None
+
+
 class HookRunner:
     def __init__(
         self,
@@ -155,6 +223,7 @@ class HookRunner:
         self.directory = directory
         self.timeout = timeout
         self.trusted_uids = helper_trusted_uids() if trusted_uids is None else trusted_uids
+        self._directory = HookDirectory(directory, self.trusted_uids, is_pre_action_directory)
         # lifecycle events (the backend's, policy-reloaded) per domain, run first; the events
         # tenants' requests cause per user, bounded per user (see the module docstring)
         self._lifecycle = FairQueue(queue_limit)
@@ -164,46 +233,11 @@ class HookRunner:
         self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: asyncio.subprocess.Process | None = None
-        self._reported: dict[str, str] = {}  # file (or "" for the directory) -> logged reason
         self._stopping = False
-
-    # -- selection ------------------------------------------------------------------------------
-
-    def _report(self, key: str, message: str) -> None:
-        """Log ``message`` about ``key`` (a file name, "" for the directory) unless already."""
-        if self._reported.get(key) != message:
-            self._reported[key] = message
-            log.warning("hooks: %s", message)
 
     def hooks(self) -> list[str]:
         """Absolute paths of the hooks to run now, in name order; logs what it skips, once."""
-        problem = directory_problem(self.directory, self.trusted_uids)
-        if problem == "does not exist":
-            return []
-        if problem:
-            self._report("", f"{self.directory}: {problem}; no hook runs")
-            return []
-        self._reported.pop("", None)
-        try:
-            names = sorted(os.listdir(self.directory))
-        except OSError as exc:
-            self._report("", f"{self.directory}: {exc.strerror}; no hook runs")
-            return []
-        paths = []
-        for name in names:
-            path = os.path.join(self.directory, name)
-            try:
-                reason = skip_reason(name, os.lstat(path), self.trusted_uids)
-            except OSError:
-                continue  # removed meanwhile
-            if reason:
-                self._report(name, f"{_inert(os.fsencode(path))}: {reason}; skipped")
-            else:
-                self._reported.pop(name, None)
-                paths.append(path)
-        for name in set(self._reported) - set(names) - {""}:
-            del self._reported[name]  # gone: if it comes back broken, say so again
-        return paths
+        return self._directory.scan() or []
 
     # -- the queue ------------------------------------------------------------------------------
 
@@ -280,58 +314,97 @@ class HookRunner:
     # -- one hook -------------------------------------------------------------------------------
 
     async def run_hook(self, path: str, event: Event) -> int | None:
-        """Run one hook for one event; returns its exit status (None if it was killed)."""
-        name = os.path.basename(path)
+        """Run one hook for one event; returns its exit status (None if it timed out or could
+        not be started, negative for the signal that killed it)."""
         stdin = (json.dumps(event.to_json(), ensure_ascii=True, sort_keys=True) + "\n").encode()
+
+        def running(process: asyncio.subprocess.Process | None) -> None:
+            self._running = process
+
+        ran = await run_executable(
+            path,
+            stdin,
+            hook_environment(event),
+            self.timeout,
+            what=f"{event.kind} {event.domain or '-'}",
+            on_process=running,
+        )
+        if ran.status:
+            log.warning("hooks: %s exited with status %d on %s", ran.name, ran.status, event.kind)
+        return ran.status
+
+
+class HookRun(NamedTuple):
+    """How one run of a hook ended."""
+
+    name: str  # the file's name
+    status: int | None  # its exit status, negative for a signal; None: timed out, not started
+    timed_out: bool
+    stdout: bytes  # the first OUTPUT_BYTES
+    start_error: str | None  # why it could not be started
+
+
+async def run_executable(
+    path: str,
+    stdin: bytes,
+    env: dict[str, str],
+    timeout: float,
+    *,
+    what: str,
+    on_process: Callable[[asyncio.subprocess.Process | None], None] | None = None,
+) -> HookRun:
+    """Run the hook ``path`` once as the module docstring says: argv only its path, exactly
+    ``env``, ``stdin`` on its standard input, in a session of its own whose process group is
+    killed at ``timeout`` (and when it exits, and when the caller is cancelled). Its output
+    goes to the helper's log, inert and bounded; ``what`` names the occasion in the log.
+    ``on_process`` is told the process while it runs, then None."""
+    name = os.path.basename(path)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            path,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.error("hooks: %s could not be started: %s", name, reason)
+        return HookRun(name, None, False, b"", reason)
+    if on_process is not None:
+        on_process(process)
+    readers = [
+        asyncio.create_task(_read_bounded(stream)) for stream in (process.stdout, process.stderr)
+    ]
+    timed_out = False
+    try:
+        await _feed(process, stdin)
         try:
-            process = await asyncio.create_subprocess_exec(
-                path,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=hook_environment(event),
-                cwd="/",
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            log.error("hooks: %s could not be started: %s", name, exc.strerror or exc)
-            return None
-        self._running = process
-        readers = [
-            asyncio.create_task(_read_bounded(stream))
-            for stream in (process.stdout, process.stderr)
-        ]
-        try:
-            await _feed(process, stdin)
-            try:
-                status: int | None = await asyncio.wait_for(process.wait(), self.timeout)
-            except TimeoutError:
-                _kill_group(process)
-                await process.wait()
-                status = None
-                log.error(
-                    "hooks: %s timed out after %g s on %s %s; killed",
-                    name,
-                    self.timeout,
-                    event.kind,
-                    event.domain or "-",
-                )
-            _kill_group(process)  # whatever it left behind in its group
-            done, pending = await asyncio.wait(readers, timeout=OUTPUT_DRAIN_SECONDS)
-            for task in pending:
-                task.cancel()
-            outputs = [task.result() if task in done else b"" for task in readers]
-        finally:
-            self._running = None
-            for task in readers:
-                task.cancel()
-        for label, data in zip(("stdout", "stderr"), outputs, strict=True):
-            if data:
-                log.info("hooks: %s %s: %s", name, label, _inert(data.rstrip(b"\n")))
-        if status:
-            log.warning("hooks: %s exited with status %d on %s", name, status, event.kind)
-        return status
+            status: int | None = await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            _kill_group(process)
+            await process.wait()
+            status, timed_out = None, True
+            log.error("hooks: %s timed out after %g s on %s; killed", name, timeout, what)
+        _kill_group(process)  # whatever it left behind in its group
+        done, pending = await asyncio.wait(readers, timeout=OUTPUT_DRAIN_SECONDS)
+        for task in pending:
+            task.cancel()
+        outputs = [task.result() if task in done else b"" for task in readers]
+    finally:
+        if process.returncode is None:  # the caller was cancelled: leave nothing running
+            _kill_group(process)
+        if on_process is not None:
+            on_process(None)
+        for task in readers:
+            task.cancel()
+    for label, data in zip(("stdout", "stderr"), outputs, strict=True):
+        if data:
+            log.info("hooks: %s %s: %s", name, label, _inert(data.rstrip(b"\n")))
+    return HookRun(name, status, timed_out, outputs[0], None)
 
 
 async def _feed(process: asyncio.subprocess.Process, data: bytes) -> None:

@@ -5,9 +5,10 @@ message counts, well-formed or not); the envelope and arguments are checked (val
 socket are ``untrusted_*`` until then; each operation's own checks are in ``operations``); the
 ``Authorizer`` decides, asks for a password where the policy wants one, and resolves the
 domain to a backend UUID ("not allowed" and "does not exist" are the same answer); actions that
-change a domain wait for a writable audit log; only then does the operation act, within a
-timeout. Exactly one reply and one audit line come out of every request, whatever happens;
-a refusal also becomes a ``denied`` event. Nothing here decides who may do what.
+change a domain wait for a writable audit log; the admin's pre-action hooks (``pre_hooks``) may
+then refuse the action; only then does the operation act, within a timeout. Exactly one reply
+and one audit line come out of every request, whatever happens; a refusal by the policy also
+becomes a ``denied`` event. Nothing here decides who may do what.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ from vpsshell.daemon.operation import (
     Operation,
     ReplyThenSession,
     Request,
+    Target,
     request_id_of,
 )
 from vpsshell.daemon.operations import TENANT_OPERATIONS, TenantHandler, TenantServices
 from vpsshell.daemon.peer import Caller
 from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.daemon.pre_hooks import PreActionHooks
 from vpsshell.daemon.ratelimit import request_bucket
 from vpsshell.daemon.server import Answer
-from vpsshell.errors import TemporaryFailure, UsageError, VpsError
+from vpsshell.errors import TemporaryFailure, UsageError, VpsError, not_found_or_denied
 
 log = logging.getLogger("vpsshell.api")
 
@@ -63,12 +66,14 @@ class TenantApi:
         passwords: PasswordChecker,
         accounts: AccountChecker | None = None,
         audit_fail_open: bool = False,
+        pre_hooks: PreActionHooks | None = None,
     ) -> None:
         self.backend = backend
         self.audit = audit
         self.limits = limits
         self.events = events
         self.audit_fail_open = audit_fail_open
+        self.pre_hooks = pre_hooks
         self.authorizer = Authorizer(policy, backend, passwords, accounts)
         self.services = TenantServices(backend, self.authorizer, consoles, events, limits)
         self.rate = request_bucket(limits.requests_per_minute)
@@ -104,6 +109,8 @@ class TenantApi:
                     "the audit log cannot be written, so actions are refused for now; "
                     "your provider has been told"
                 )
+            if target is not None and operation.action is not None:
+                request = await self._pre_action_hooks(request, operation.action, target)
             # asyncio.timeout, not wait_for: no task of its own and no extra turns of the loop
             # for every request (and on 3.11 wait_for can lose a cancellation, gh-86296)
             async with asyncio.timeout(
@@ -170,6 +177,20 @@ class TenantApi:
         return protocol.reply_error(
             request_id, "temporary", "too many requests; slow down and try again"
         )
+
+    async def _pre_action_hooks(self, request: Request, action: str, target: Target) -> Request:
+        """Run the admin's pre-action hooks (``pre_hooks``), which may refuse; if any ran,
+        the decision is taken again, as ``authorize`` does after each of its awaits: a
+        revocation that landed while they ran stops the action."""
+        assert request.domain is not None
+        if self.pre_hooks is None or not await self.pre_hooks.check(request, action, target):
+            return request
+        caller = self.authorizer.callers.fresh(request.caller)
+        if caller is None or not self.authorizer.decide(caller, action, request.domain).allowed:
+            request.audit["decision"] = "deny"
+            request.audit["reason"] = "access ended while the pre-action hooks ran"
+            raise not_found_or_denied(request.domain)
+        return request._replace(caller=caller)
 
     def _audit_ready(self, audit: dict[str, Any]) -> bool:
         """May an action that changes a domain go ahead, as far as the audit log goes?"""
