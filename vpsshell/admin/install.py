@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpsshell import paths
+from vpsshell.admin import quiet_login
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.launcher import launcher_text
 from vpsshell.admin.tenant_access import refuse_unusable_launcher
@@ -134,6 +137,10 @@ class Installer:
                 os.unlink(tmp)
             raise
 
+    def write_keeping_mode(self, target: str, content: bytes) -> None:
+        """Replace an existing file atomically, with its mode (a system file we amend)."""
+        self._write(target, content, stat.S_IMODE(os.stat(target).st_mode))
+
     def file(self, path: str, content: bytes, mode: int, *, ours: bool, source: str = "") -> None:
         """Write ``path``; a config-like file (``ours=False``) only if it does not exist."""
         target = self.at(path)
@@ -229,6 +236,139 @@ def _config_for(installer: Installer, config_path: str) -> tuple[str, str, str]:
     return config.policy_dir, config.hooks_dir, config.socket_group
 
 
+@dataclass(frozen=True)
+class ConfigFile:
+    """A file the admin may edit: written only if absent; ``source`` names the shipped one."""
+
+    path: str
+    content: bytes
+    source: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything ``install`` writes, and so everything ``uninstall`` may remove."""
+
+    config_path: str
+    prefix: str
+    policy_dir: str
+    hooks_dir: str
+    socket_group: str
+
+    @property
+    def man_dir(self) -> str:
+        return os.path.join(self.prefix, "share", "man")
+
+    @property
+    def shell_path(self) -> str:
+        return os.path.join(self.prefix, "bin", "vpsshell")
+
+    def directories(self) -> list[str]:
+        """In the order they are created (parents first)."""
+        return [
+            os.path.dirname(self.config_path),
+            self.policy_dir,
+            self.hooks_dir,
+            AUTHORIZED_KEYS_DIR,
+        ]
+
+    def local_policy(self) -> ConfigFile:
+        from vpsshell.admin.edit import NEW_FILE_TEMPLATE
+
+        path = os.path.join(self.policy_dir, LOCAL_POLICY)
+        return ConfigFile(path, NEW_FILE_TEMPLATE.encode(), "template")
+
+    def config_files(self) -> list[ConfigFile]:
+        """The helper's config, PAM service, units and the sshd snippet, as install writes
+        them (the shipped text with this layout's paths and group put in)."""
+        pam = _shipped_bytes("pam/vpsshell")
+        unit = _shipped_bytes("systemd/vpsshelld.service")
+        snippet = _shipped_bytes("sshd/vpsshell.conf")
+        if pam is None or unit is None or snippet is None:
+            raise AdminError(
+                "the shipped files (pam/, systemd/, sshd/) are missing from this install"
+            )
+        daemon = os.path.join(self.prefix, "sbin", "vpsshelld")
+        files = [
+            ConfigFile(self.config_path, CONFIG_TEMPLATE.encode(), "default"),
+            ConfigFile(PAM_SERVICE, pam, "pam/vpsshell"),
+            ConfigFile(
+                UNIT_FILE,
+                unit.replace(UNIT_EXEC.encode(), daemon.encode()),
+                "systemd/vpsshelld.service",
+            ),
+        ]
+        socket_unit = _shipped_bytes("systemd/vpsshelld.socket")
+        if socket_unit is not None:
+            group_line = f"SocketGroup={self.socket_group}\n".encode()
+            socket_unit = socket_unit.replace(
+                f"SocketGroup={paths.SOCKET_GROUP}\n".encode(), group_line
+            )
+            files.append(ConfigFile(SOCKET_UNIT_FILE, socket_unit, "systemd/vpsshelld.socket"))
+        match_line = f"Match Group {self.socket_group}\n".encode()
+        snippet = snippet.replace(f"Match Group {paths.SOCKET_GROUP}\n".encode(), match_line)
+        files.append(ConfigFile(SSHD_SNIPPET, snippet, "sshd/vpsshell.conf"))
+        return files
+
+    def man_pages(self) -> list[tuple[str, bytes | None]]:
+        pages = []
+        for name in MAN_PAGES:
+            section = name.rsplit(".", 1)[1]
+            path = os.path.join(
+                self.prefix, "share", "man", f"man{section}", os.path.basename(name)
+            )
+            pages.append((path, _shipped_bytes(name)))
+        return pages
+
+    def links(self) -> list[tuple[str, str]]:
+        scripts = sysconfig.get_path("scripts")
+        return [
+            (os.path.join(self.prefix, "sbin", program), os.path.join(scripts, program))
+            for program in ("vpsshelld", "vpsshell-admin")
+        ]
+
+
+def layout_for(installer: Installer, config_path: str, prefix: str) -> Layout:
+    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
+    return Layout(config_path, prefix, policy_dir, hooks_dir, socket_group)
+
+
+def quiet_login_pam(installer: Installer, group: str) -> None:
+    """``--quiet-login``: the marked pam_succeed_if line before sshd's pam_motd lines."""
+    target = installer.at(quiet_login.PAM_SSHD)
+    try:
+        with open(target, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        installer.report("skipped", quiet_login.PAM_SSHD, "absent: is openssh-server installed?")
+        return
+    changed = quiet_login.with_skip(text, group)
+    if changed is None:
+        installer.report("skipped", quiet_login.PAM_SSHD, "no pam_motd line: nothing to skip")
+    elif changed == text:
+        installer.report("unchanged", quiet_login.PAM_SSHD, "pam_motd skipped for tenants")
+    else:
+        if not installer.dry_run:
+            installer.write_keeping_mode(target, changed.encode())
+        installer.report("updated", quiet_login.PAM_SSHD, f"pam_motd skipped for group {group}")
+
+
+def update_man_index(ctx: AdminContext, root: str, man_dir: str) -> None:
+    """Let apropos and whatis find the pages: run mandb on ``man_dir``, or say to."""
+    mandb = shutil.which("mandb")
+    if root != "/":
+        ctx.note("note: run `mandb` on the installed system so apropos and whatis find the pages")
+        return
+    if mandb is None:
+        ctx.note("note: no mandb here; update the man page index so apropos finds the pages")
+        return
+    done = subprocess.run([mandb, "-q", man_dir], capture_output=True, text=True)
+    if done.returncode != 0:
+        ctx.note(f"warning: mandb {man_dir} failed: {done.stderr.strip()}")
+    else:
+        ctx.out(f"{'indexed':<14} {man_dir} (mandb)")
+
+
 def cmd_install(
     ctx: AdminContext,
     config_path: str,
@@ -236,75 +376,60 @@ def cmd_install(
     prefix: str,
     dry_run: bool,
     sshd: bool,
+    hide_login_banner: bool = False,
 ) -> int:
     if not os.path.isabs(root) or not os.path.isabs(prefix):
         raise AdminError("--root and --prefix must be absolute paths", AdminExit.USAGE)
     installer = Installer(ctx, os.path.normpath(root), dry_run)
-    shell_path = os.path.join(prefix, "bin", "vpsshell")
-    scripts = sysconfig.get_path("scripts")
-    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
-    refuse_unusable_launcher(socket_group)
+    layout = layout_for(installer, config_path, prefix)
+    refuse_unusable_launcher(layout.socket_group)
 
-    installer.directory(os.path.dirname(config_path), 0o755)
-    installer.file(config_path, CONFIG_TEMPLATE.encode(), 0o644, ours=False)
-    installer.directory(policy_dir, 0o755)
-    installer.directory(hooks_dir, 0o755)
-    installer.directory(AUTHORIZED_KEYS_DIR, 0o755)
-    existing = (
-        os.listdir(installer.at(policy_dir)) if os.path.isdir(installer.at(policy_dir)) else []
-    )
+    config_dir, *data_dirs = layout.directories()
+    installer.directory(config_dir, 0o755)
+    config, *system_files = layout.config_files()
+    installer.file(config.path, config.content, 0o644, ours=False)
+    for directory in data_dirs:
+        installer.directory(directory, 0o755)
+    policy_dir = installer.at(layout.policy_dir)
+    existing = os.listdir(policy_dir) if os.path.isdir(policy_dir) else []
     if not any(name.endswith(".policy") for name in existing):
-        from vpsshell.admin.edit import NEW_FILE_TEMPLATE
+        local = layout.local_policy()
+        installer.file(local.path, local.content, 0o644, ours=False)
 
-        installer.file(
-            os.path.join(policy_dir, LOCAL_POLICY), NEW_FILE_TEMPLATE.encode(), 0o644, ours=False
-        )
+    for shipped in system_files:
+        if shipped.path == SSHD_SNIPPET and not sshd:
+            installer.report("skipped", SSHD_SNIPPET, "add --sshd to install it")
+            continue
+        installer.file(shipped.path, shipped.content, 0o644, ours=False, source=shipped.source)
+    if hide_login_banner:
+        quiet_login_pam(installer, layout.socket_group)
 
-    pam = _shipped_bytes("pam/vpsshell")
-    unit = _shipped_bytes("systemd/vpsshelld.service")
-    snippet = _shipped_bytes("sshd/vpsshell.conf")
-    if pam is None or unit is None or snippet is None:
-        raise AdminError("the shipped files (pam/, systemd/, sshd/) are missing from this install")
-    installer.file(PAM_SERVICE, pam, 0o644, ours=False, source="pam/vpsshell")
-    unit = unit.replace(UNIT_EXEC.encode(), os.path.join(prefix, "sbin", "vpsshelld").encode())
-    installer.file(UNIT_FILE, unit, 0o644, ours=False, source="systemd/vpsshelld.service")
-    socket_unit = _shipped_bytes("systemd/vpsshelld.socket")
-    if socket_unit is not None:
-        socket_unit = socket_unit.replace(
-            f"SocketGroup={paths.SOCKET_GROUP}\n".encode(), f"SocketGroup={socket_group}\n".encode()
-        )
-        installer.file(
-            SOCKET_UNIT_FILE, socket_unit, 0o644, ours=False, source="systemd/vpsshelld.socket"
-        )
-    if sshd:
-        snippet = snippet.replace(
-            f"Match Group {paths.SOCKET_GROUP}\n".encode(), f"Match Group {socket_group}\n".encode()
-        )
-        installer.file(SSHD_SNIPPET, snippet, 0o644, ours=False, source="sshd/vpsshell.conf")
-    else:
-        installer.report("skipped", SSHD_SNIPPET, "add --sshd to install it")
-
-    for name in MAN_PAGES:
-        page = _shipped_bytes(name)
-        section = name.rsplit(".", 1)[1]
-        path = os.path.join(prefix, "share", "man", f"man{section}", os.path.basename(name))
+    pages_changed = installer.changed
+    for path, page in layout.man_pages():
         if page is None:
             installer.report("skipped", path, "not shipped with this version")
         else:
             installer.file(path, page, 0o644, ours=True)
+    pages_changed = installer.changed != pages_changed
 
-    installer.file(shell_path, launcher_text().encode(), 0o755, ours=True)
-    for program in ("vpsshelld", "vpsshell-admin"):
-        installer.symlink(os.path.join(prefix, "sbin", program), os.path.join(scripts, program))
-    installer.line(SHELLS, shell_path)
-    installer.group(socket_group)
+    installer.file(layout.shell_path, launcher_text().encode(), 0o755, ours=True)
+    for link, points_to in layout.links():
+        installer.symlink(link, points_to)
+    installer.line(SHELLS, layout.shell_path)
+    installer.group(layout.socket_group)
+    if pages_changed and not dry_run:
+        update_man_index(ctx, installer.root, layout.man_dir)
 
+    if sshd and not hide_login_banner:
+        for line in quiet_login.advice(layout.socket_group):
+            ctx.note(line)
     if dry_run:
         ctx.out(f"dry run: {installer.changed} change(s) would be made")
     else:
         ctx.out(f"{installer.changed} change(s) made")
         ctx.out(
-            "next: systemctl daemon-reload && systemctl enable --now vpsshelld; give each "
-            f"tenant the login shell {shell_path} and the group {socket_group}"
+            "next: systemctl daemon-reload && systemctl enable --now vpsshelld (without "
+            "systemd: run vpsshelld as root, which detaches); give each tenant the login "
+            f"shell {layout.shell_path} and the group {layout.socket_group}"
         )
     return AdminExit.OK

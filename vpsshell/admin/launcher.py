@@ -12,9 +12,12 @@ import os
 import sys
 import tempfile
 
-LAUNCHER = """\
-#!{python} -I
-# vpsshell login shell, written by `vpsshell-admin install-shell`.
+#: The comment that marks a launcher as ours (``uninstall`` removes only such a file).
+LAUNCHER_MARK = "# vpsshell login shell, written by `vpsshell-admin install-shell`."
+LAUNCHER = (
+    "#!{python} -I\n"
+    + LAUNCHER_MARK
+    + """
 # Runs Python isolated (-I): the environment cannot change what is imported.
 import sys
 
@@ -22,6 +25,7 @@ from vpsshell.shell.launch import main
 
 sys.exit(main())
 """
+)
 
 
 def launcher_text(python: str | None = None) -> str:

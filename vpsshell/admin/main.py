@@ -151,7 +151,15 @@ def _migrate(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> in
 def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.install import cmd_install
 
-    return cmd_install(ctx, args.config, args.root, args.prefix, args.dry_run, args.sshd)
+    return cmd_install(
+        ctx, args.config, args.root, args.prefix, args.dry_run, args.sshd, args.quiet_login
+    )
+
+
+def _uninstall(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.uninstall import cmd_uninstall
+
+    return cmd_uninstall(ctx, args.config, args.root, args.prefix, args.dry_run, args.purge)
 
 
 def _install_shell(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
@@ -311,6 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument(
         "--sshd", action="store_true", help="also install the sshd snippet into sshd_config.d"
     )
+    install.add_argument(
+        "--quiet-login",
+        action="store_true",
+        help="skip pam_motd in /etc/pam.d/sshd for the tenants' group (no host MOTD or kernel)",
+    )
+
+    uninstall = command(sub, "uninstall", "remove what install wrote", _uninstall)
+    uninstall.add_argument("--root", default="/", metavar="DIR", help="as given to install")
+    uninstall.add_argument("--prefix", default="/usr/local", metavar="DIR", help="as install's")
+    uninstall.add_argument("--dry-run", action="store_true", help="only say what would go")
+    uninstall.add_argument(
+        "--purge",
+        action="store_true",
+        help="also the edited config files and the policy, hooks and authorized_keys dirs",
+    )
 
     shell = command(sub, "install-shell", "write the isolated login-shell launcher", _install_shell)
     shell.add_argument("--path", default="/usr/local/bin/vpsshell", metavar="PATH")
@@ -320,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(path: str, command: str) -> object:
     from vpsshell.daemon.config import DaemonConfig, load_config
 
-    if command in ("install", "install-shell"):
+    if command in ("install", "install-shell", "uninstall"):
         return DaemonConfig()  # install reads the config inside its root itself
     if path == paths.DAEMON_CONFIG and not os.path.exists(path):
         return DaemonConfig()
