@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 "vpsshell demo: a private helper with a simulated host is running.\n"
                 "You own web1, web2 and db1; billing belongs to someone else.\n"
-                "Try: list, start web1, status web1, help. Leave with exit or Ctrl-D.\n"
+                "Try: list, start web1, status web1, help. Leave with exit or Ctrl-D.\n",
+                flush=True,  # before the shell's output, also on a pipe
             )
         env = dict(os.environ, VPSSHELL_SOCKET=sock)
         with contextlib.suppress(KeyboardInterrupt):
