@@ -9,12 +9,20 @@ kernel version, "Last login") are checked on the same root.
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from harness import BIN
+
+from vpsshell.admin.context import AdminContext
+from vpsshell.admin.install import update_man_index
+from vpsshell.daemon.config import DaemonConfig
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEBIAN_PAM_SSHD = """\
 @include common-auth
@@ -66,6 +74,7 @@ def host(open_dir: Path) -> Path:
     # directories a host has anyway (uninstall leaves the directories above its files)
     for directory in (
         "etc/ssh/sshd_config.d",
+        "etc/logrotate.d",
         "etc/systemd/system",
         "usr/local/bin",
         "usr/local/sbin",
@@ -83,6 +92,10 @@ def test_uninstall_leaves_the_root_as_it_was(host: Path) -> None:
     assert installed.returncode == 0, installed
     assert (host / "usr/local/bin/vpsshell").exists()
     assert "/usr/local/bin/vpsshell" in (host / "etc/shells").read_text()
+    assert "run `mandb` on the installed system" in installed.stderr  # not run for a --root
+    if (ROOT / "logrotate/vpsshell").exists():
+        rotated = (host / "etc/logrotate.d/vpsshell").read_text()
+        assert rotated == (ROOT / "logrotate/vpsshell").read_text()
 
     dry = admin(host, "uninstall", "--dry-run")
     assert dry.returncode == 0, dry
@@ -152,3 +165,17 @@ def test_quiet_login_skips_pam_motd_for_the_tenants_group(host: Path) -> None:
     again = admin(host, "install", "--sshd", "--quiet-login")
     assert "unchanged      /etc/pam.d/sshd" in again.stdout
     assert (host / "etc/pam.d/sshd").read_text().count("pam_succeed_if") == 1
+
+
+@pytest.mark.skipif(shutil.which("mandb") is None, reason="man-db is not installed")
+def test_the_man_index_is_updated_so_whatis_finds_the_pages(open_dir: Path) -> None:
+    man_dir = open_dir / "man"
+    (man_dir / "man8").mkdir(parents=True)
+    shutil.copy(ROOT / "man/vpsshell-admin.8", man_dir / "man8")
+    out, err = io.StringIO(), io.StringIO()
+    update_man_index(AdminContext(DaemonConfig(), stdout=out, stderr=err), "/", str(man_dir))
+    assert f"indexed        {man_dir} (mandb)" in out.getvalue(), err.getvalue()
+    found = subprocess.run(
+        ["whatis", "-M", str(man_dir), "vpsshell-admin"], capture_output=True, text=True
+    )
+    assert found.returncode == 0 and "vpsshell-admin (8)" in found.stdout, found

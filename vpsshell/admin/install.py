@@ -1,14 +1,16 @@
 """``vpsshell-admin install``: put vpsshell's system files in place, idempotently.
 
-Config-like files (the helper's config, the PAM service, the systemd unit, the sshd snippet)
-are written only if absent: an admin's edits are never overwritten, and a differing file is
-reported as kept. Files that are part of the program (man pages, the login-shell launcher, the
-``sbin`` links) are updated when they differ. ``--root`` installs into another tree (packaging,
-tests); ``--dry-run`` only says what would change. The shipped files come from the installed
-package's data (``share/vpsshell`` and ``share/man`` under the venv) or, when running from a
-source checkout, from the checkout. This module never edits sshd's own config: the snippet
-goes into ``sshd_config.d`` only with ``--sshd``. Nothing is written if the tenants' group
-could not run the launcher's Python (tenant_access.py).
+Config-like files (the helper's config, the PAM service, the systemd units, the logrotate file,
+the sshd snippet) are written only if absent: an admin's edits are never overwritten, and a
+differing file is reported as kept. Files that are part of the program (man pages, the
+login-shell launcher, the ``sbin`` links) are updated when they differ. ``--root`` installs
+into another tree (packaging, tests); ``--dry-run`` only says what would change. The shipped
+files come from the installed package's data (``share/vpsshell`` and ``share/man`` under the
+venv) or, when running from a source checkout, from the checkout. This module never edits
+sshd's own config: the snippet goes into ``sshd_config.d`` only with ``--sshd``, and sshd's PAM
+file gets one marked line only with ``--quiet-login`` (quiet_login.py). Layout is the one list
+of what install writes, which uninstall.py takes back. Nothing is written if the tenants'
+group could not run the launcher's Python (tenant_access.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vpsshell import paths
 from vpsshell.admin import quiet_login
@@ -30,12 +33,16 @@ from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.launcher import launcher_text
 from vpsshell.admin.tenant_access import refuse_unusable_launcher
 
+if TYPE_CHECKING:
+    from vpsshell.daemon.config import DaemonConfig
+
 #: Shipped files: name in the source tree -> where pip puts it under sys.prefix.
 SHIPPED = {
     "pam/vpsshell": "share/vpsshell/pam/vpsshell",
     "systemd/vpsshelld.service": "share/vpsshell/systemd/vpsshelld.service",
     "systemd/vpsshelld.socket": "share/vpsshell/systemd/vpsshelld.socket",
     "sshd/vpsshell.conf": "share/vpsshell/sshd/vpsshell.conf",
+    "logrotate/vpsshell": "share/vpsshell/logrotate/vpsshell",
     "man/vpsshell.1": "share/man/man1/vpsshell.1",
     "man/vpsshell-policy.5": "share/man/man5/vpsshell-policy.5",
     "man/vpsshelld.8": "share/man/man8/vpsshelld.8",
@@ -48,6 +55,7 @@ PAM_SERVICE = "/etc/pam.d/vpsshell"
 UNIT_FILE = "/etc/systemd/system/vpsshelld.service"
 SOCKET_UNIT_FILE = "/etc/systemd/system/vpsshelld.socket"
 SSHD_SNIPPET = "/etc/ssh/sshd_config.d/vpsshell.conf"
+LOGROTATE_FILE = "/etc/logrotate.d/vpsshell"
 AUTHORIZED_KEYS_DIR = "/etc/vpsshell/authorized_keys"
 SHELLS = "/etc/shells"
 LOCAL_POLICY = "50-local.policy"
@@ -222,8 +230,8 @@ def _shipped_bytes(name: str) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def _config_for(installer: Installer, config_path: str) -> tuple[str, str, str]:
-    """(policy_dir, hooks_dir, socket_group) from the config in the root, else the defaults."""
+def _config_for(installer: Installer, config_path: str) -> DaemonConfig:
+    """The config in the root, else the defaults."""
     from vpsshell.daemon.config import ConfigError, DaemonConfig, load_config
 
     target = installer.at(config_path)
@@ -233,7 +241,7 @@ def _config_for(installer: Installer, config_path: str) -> tuple[str, str, str]:
             config = load_config(target)
         except ConfigError as exc:
             raise AdminError(f"cannot use the existing config: {exc}") from None
-    return config.policy_dir, config.hooks_dir, config.socket_group
+    return config
 
 
 @dataclass(frozen=True)
@@ -254,6 +262,7 @@ class Layout:
     policy_dir: str
     hooks_dir: str
     socket_group: str
+    audit_log: str
 
     @property
     def man_dir(self) -> str:
@@ -308,6 +317,12 @@ class Layout:
         match_line = f"Match Group {self.socket_group}\n".encode()
         snippet = snippet.replace(f"Match Group {paths.SOCKET_GROUP}\n".encode(), match_line)
         files.append(ConfigFile(SSHD_SNIPPET, snippet, "sshd/vpsshell.conf"))
+        logrotate = _shipped_bytes("logrotate/vpsshell")
+        if logrotate is not None:  # the shipped file names the default log directory
+            log_dir = os.path.dirname(self.audit_log) + "/"
+            default_dir = os.path.dirname(paths.AUDIT_LOG) + "/"
+            logrotate = logrotate.replace(default_dir.encode(), log_dir.encode())
+            files.append(ConfigFile(LOGROTATE_FILE, logrotate, "logrotate/vpsshell"))
         return files
 
     def man_pages(self) -> list[tuple[str, bytes | None]]:
@@ -329,8 +344,15 @@ class Layout:
 
 
 def layout_for(installer: Installer, config_path: str, prefix: str) -> Layout:
-    policy_dir, hooks_dir, socket_group = _config_for(installer, config_path)
-    return Layout(config_path, prefix, policy_dir, hooks_dir, socket_group)
+    config = _config_for(installer, config_path)
+    return Layout(
+        config_path,
+        prefix,
+        config.policy_dir,
+        config.hooks_dir,
+        config.socket_group,
+        config.audit_log,
+    )
 
 
 def quiet_login_pam(installer: Installer, group: str) -> None:
