@@ -63,6 +63,8 @@ def _check(config_path: str) -> int:
         print("vpsshelld: the policy is broken: every request would be denied", file=sys.stderr)
         return 1
     print(f"{config_path}: OK ({len(policy.rules)} policy rule(s))")
+    if not policy.rules:
+        print(f"vpsshelld: warning: no rules in {config.policy_dir}: all denied", file=sys.stderr)
     return 0
 
 
