@@ -254,6 +254,10 @@ def test_no_hook_hears_of_a_request_the_policy_refused(hooked: Helper, open_dir:
         assert refused.code == 77, refused
         assert "no such domain or permission denied" in refused.err
     assert not out.exists()
+    start_and_wait(hooked, "vpst-alice", "web1")  # the hook is live: an allowed start runs it
+    assert [(s["env"]["VPSSHELL_USER"], s["env"]["VPSSHELL_DOMAIN"]) for s in seen(out)] == [
+        ("vpst-alice", "web1")
+    ]
 
 
 def test_an_untrusted_hook_directory_refuses_every_action_it_covers(hooked: Helper) -> None:
