@@ -43,7 +43,7 @@ def test_grant_explain_revoke_round_trip(helper: Helper) -> None:
     assert run("vpst-bob", helper, "status web2").code == 77
     assert admin(helper, "policy", "explain", "vpst-bob", "start", "web2").code == 1
     actions = [r["action"] for r in helper.audit() if r.get("socket") == "admin"]
-    assert actions == ["admin:reload", "admin:reload"]
+    assert actions == ["admin:domains", "admin:reload", "admin:reload"]  # grant checks domains
 
 
 def test_edit_with_a_syntax_error_is_never_installed(helper: Helper, open_dir: Path) -> None:
