@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Helper, run, start_and_wait, state_of, wait_until
+from harness import BIN, Helper, run, start_and_wait, state_of, wait_until
+from test_hooks import alive, recorder, seen
 
 
 def install(helper: Helper, directory: str, name: str, body: str, mode: int = 0o755) -> Path:
@@ -30,15 +32,6 @@ def install(helper: Helper, directory: str, name: str, body: str, mode: int = 0o
     return path
 
 
-def recorder(out: Path) -> str:
-    """A hook that appends what it got (stdin, environment) to ``out`` and allows."""
-    return f"""#!/usr/bin/python3
-import json, os, sys
-with open("{out}", "a") as fh:
-    fh.write(json.dumps({{"stdin": sys.stdin.read(), "env": dict(os.environ)}}) + "\\n")
-"""
-
-
 def refuser(first_line: str, status: int = 1) -> str:
     """A hook that refuses with ``first_line`` (written raw, escapes and all) and a second
     line that must never reach the tenant."""
@@ -47,12 +40,6 @@ import sys
 sys.stdout.write({first_line!r} + "\\nsecond line, never shown\\n")
 sys.exit({status})
 """
-
-
-def seen(out: Path) -> list[dict[str, Any]]:
-    if not out.exists():
-        return []
-    return [json.loads(line) for line in out.read_text().splitlines()]
 
 
 def request_audit(helper: Helper, action: str, domain: str) -> dict[str, Any]:
@@ -67,13 +54,6 @@ def event_kinds(helper: Helper, domain: str) -> list[str]:
     result = run("vpst-alice", helper, f"events {domain} --json")
     assert result.code == 0, result
     return [json.loads(line)["kind"] for line in result.out.splitlines()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -272,3 +252,43 @@ def test_an_untrusted_hook_directory_refuses_every_action_it_covers(hooked: Help
     ]
     # the event hooks in hooks_dir pass the pre-action directories by without a word
     assert "pre-start.d: not a regular file" not in hooked.log.read_text()
+
+
+def test_one_tenant_waiting_on_hooks_does_not_hold_up_another(
+    open_dir: Path, tenants: None
+) -> None:
+    """Two slots in all, one per user: alice's two requests, both stuck in a hook, hold one
+    slot; carol's request takes the other and goes through meanwhile."""
+    helper = Helper(
+        open_dir / "helper",
+        extra_limits="pre_hook_timeout_seconds = 60\npre_hook_runs_at_once = 2\n"
+        "pre_hook_runs_per_user = 1",
+    )
+    release, holding = open_dir / "release", open_dir / "holding"
+    install(
+        helper,
+        "pre-start.d",
+        "10-hold-alice",
+        f'#!/bin/sh\n[ "$VPSSHELL_USER" = vpst-alice ] || exit 0\necho $$ >> {holding}\n'
+        f"while [ ! -e {release} ]; do sleep 0.05; done\n",
+    )
+    helper.start()
+    env = ["env", "-i", f"VPSSHELL_SOCKET={helper.socket}", str(BIN / "vpsshell"), "-c"]
+    alice = [
+        subprocess.Popen(["runuser", "-u", "vpst-alice", "--", *env, f"start {domain}"])
+        for domain in ("web1", "web2")
+    ]
+    try:
+        wait_until(holding.exists, 15, "alice's first start is in its hook")
+        start_and_wait(helper, "vpst-carol", "db1")
+        [pid] = holding.read_text().split()  # alice's second start still waits for her slot
+        assert alive(int(pid)), "carol went through while alice's hook still ran"
+        release.touch()
+        assert [process.wait(60) for process in alice] == [0, 0]
+        assert len(holding.read_text().split()) == 2
+    finally:
+        release.touch()
+        for process in alice:
+            process.kill()
+            process.wait()
+        helper.stop()
