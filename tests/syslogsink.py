@@ -55,7 +55,7 @@ class SyslogSink:
                 "sh", str(real_dev), str(self.path)]  # fmt: skip
 
     def _drain(self) -> None:
-        while True:
+        while self.sock.fileno() != -1:
             try:
                 data = self.sock.recv(65536)
             except BlockingIOError:
@@ -75,6 +75,8 @@ class SyslogSink:
         return found[0]  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        """Stop listening; what was received stays readable with ``messages()``."""
+        self._drain()
         self.sock.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
