@@ -52,7 +52,8 @@ def test_options_of_the_verb_not_given_yet() -> None:
 
 
 def test_help_completes_verbs() -> None:
-    assert complete("help re") == ["reboot", "reset"]
+    assert complete("help res") == ["reset"]
+    assert complete("help rec") == ["recordings", "recording"]
     assert complete("help reboot ") == []
 
 

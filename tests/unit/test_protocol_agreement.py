@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "vpsshell"
 DOC = (ROOT / "docs" / "protocol.md").read_text()
 # the functions the shell sends a request through, and which argument is the operation
-SHELL_SENDERS = {"call": 0, "open_console": 0, "attach_console": 0, "_request": 0}
+SHELL_SENDERS = {"call": 0, "open_console": 0, "attach_console": 0, "download": 0, "_request": 0}
 SHELL_SENDERS_WITH_CONTEXT = {"_domain_request": 1}
 
 

@@ -148,6 +148,18 @@ def _migrate(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> in
     return cmd_migrate(ctx, args.domain, args.host, args.timeout, args.json)
 
 
+def _recordings_list(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.recordings import cmd_recordings_list
+
+    return cmd_recordings_list(ctx, domain=args.domain, user=args.user, as_json=args.json)
+
+
+def _recordings_export(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.recordings import cmd_recordings_export
+
+    return cmd_recordings_export(ctx, args.id)
+
+
 def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.install import cmd_install
 
@@ -309,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_seconds, default=600, metavar="S", help="give up after S s (600)"
     )
     migrate.add_argument("--json", action="store_true", help="print JSON")
+
+    recordings = command(sub, "recordings", "recorded console sessions", None)
+    rsub = recordings.add_subparsers(dest="recordings_command", required=True, metavar="SUBCOMMAND")
+    rlist = command(rsub, "list", "list the recordings, oldest first", _recordings_list)
+    rlist.add_argument("--domain", metavar="DOMAIN", help="only this domain's")
+    rlist.add_argument("--user", metavar="USER", help="only this user's sessions")
+    rlist.add_argument("--json", action="store_true", help="print JSON")
+    export = command(
+        rsub,
+        "export",
+        "print recording ID as asciicast v2 (asciinema play FILE)",
+        _recordings_export,
+    )
+    export.add_argument("id", metavar="ID", help="a recording ID from recordings list")
 
     install = command(sub, "install", "install config, PAM, systemd, man pages, shell", _install)
     install.add_argument("--root", default="/", metavar="DIR", help="install into DIR (default /)")

@@ -94,6 +94,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     from vpsshell.daemon.pipeline import TenantApi
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.pre_hooks import PreActionHooks
+    from vpsshell.daemon.recordings import RecordingStore
     from vpsshell.daemon.server import Listener, bind_socket
     from vpsshell.daemon.session_guard import SessionGuard
 
@@ -141,7 +142,15 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             detail=reason,
         )
 
-    consoles = ConsoleManager(backend, config.console_log_dir, limits, on_detach=on_detach)
+    recordings = RecordingStore(
+        config.recordings_path,
+        limits,
+        enabled=config.console_recordings,
+        record_input=config.console_record_input,
+    )
+    consoles = ConsoleManager(
+        backend, config.console_log_dir, limits, on_detach=on_detach, recordings=recordings
+    )
 
     def on_reload(policy: Policy) -> None:
         errors = policy.errors

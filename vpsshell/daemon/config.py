@@ -59,6 +59,10 @@ class Limits:
     console_log_bytes_per_hour: int = 1024 * 1024  # a log takes one file at once, then this
     console_log_keep_days: int = 30  # logs of a domain the helper has not seen this long go
     console_log_keep_domains: int = 1000  # logs of domains gone are kept for at most this many
+    console_recording_bytes: int = 8 * 1024 * 1024  # one session's recording stops growing here
+    console_recordings_bytes_per_domain: int = 64 * 1024 * 1024  # then its oldest are removed
+    console_recordings_bytes: int = 1024 * 1024 * 1024  # all together; then the oldest go
+    console_recordings_keep_days: int = 30  # a recording older than this is removed
     events_history: int = 1000  # events kept in memory for ``events`` (all domains together)
     events_keep: int = 100000  # events kept in STATE_DIR/events.sqlite across restarts...
     events_keep_days: int = 90  # ...and for at most this many days
@@ -82,15 +86,27 @@ class DaemonConfig:
     state_dir: str = paths.STATE_DIR
     console_log_dir: str = paths.CONSOLE_LOG_DIR
     hooks_dir: str = paths.HOOKS_DIR
+    recordings_dir: str = ""  # "": "recordings" beside console_log_dir (see ``recordings_path``)
+    console_recordings: bool = True  # False: console sessions are not recorded
+    console_record_input: bool = True  # False: recordings leave out what the writer typed
     policy_poll_seconds: float = 1.0
     pam_service: str = "vpsshell"  # "" turns PAM off (the unprivileged demo does)
     audit_fail_open: bool = False  # True: act even when the audit log cannot be written
-    pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
     audit_syslog: bool = False  # True: every audit record also goes to syslog (the journal)
     pid_file: str = _default_pid_file(paths.SOCKET)  # locked while the helper runs
+    pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
+
+    @property
+    def recordings_path(self) -> str:
+        """Where console recordings go: ``recordings_dir``, else ``recordings`` in the
+        directory that holds ``console_log_dir`` (/var/log/vpsshell/recordings)."""
+        if self.recordings_dir:
+            return self.recordings_dir
+        parent = os.path.dirname(self.console_log_dir.rstrip("/")) or "/"
+        return os.path.join(parent, "recordings")
 
 
 _PATH_KEYS = (
@@ -102,8 +118,10 @@ _PATH_KEYS = (
     "state_dir",
     "console_log_dir",
     "hooks_dir",
+    "recordings_dir",
     "pid_file",
 )
+_BOOLEAN_KEYS = ("audit_fail_open", "console_recordings", "console_record_input", "audit_syslog")
 
 
 PRE_HOOK_ON_TIMEOUT = ("refuse", "allow")
@@ -140,8 +158,7 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         "policy_poll_seconds",
         "pam_service",
         "pre_hook_on_timeout",
-        "audit_fail_open",
-        "audit_syslog",
+        *_BOOLEAN_KEYS,
     }
     unknown = set(data) - known
     if unknown:
@@ -160,7 +177,7 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         if not isinstance(service, str) or not all(c.isalnum() or c in "_.-" for c in service):
             raise ConfigError(f'{source}: pam_service: expected a PAM service name or ""')
         values["pam_service"] = service
-    for key in ("audit_fail_open", "audit_syslog"):
+    for key in _BOOLEAN_KEYS:
         if key in data:
             if not isinstance(data[key], bool):
                 raise ConfigError(f"{source}: {key}: expected true or false")

@@ -2,9 +2,10 @@
 
 Two loops share the connection: one sends the attachment's queued frames (guest output and
 notices), the other reads the client's frames (keystrokes as ``CONSOLE_DATA``; ``detach`` and
-``resize`` messages). Whichever ends first ends the other; the attachment is always detached
-from its hub on the way out, so the detach is audited exactly once, and a client that dies
-(killed, its socket closed) frees its slot as soon as the helper reads the end of its stream.
+``resize`` messages, which only the session's recording keeps). Whichever ends first ends the
+other; the attachment is always detached from its hub on the way out, so the detach is audited
+exactly once, and a client that dies (killed, its socket closed) frees its slot as soon as the
+helper reads the end of its stream.
 
 What a client sends is rate limited (``InputBudget``, one per user and console, so a new
 session does not bring a new allowance): beyond it the helper stops reading the socket for a
@@ -28,6 +29,7 @@ import time
 
 from vpsshell import protocol
 from vpsshell.daemon.consoles import Attachment, ConsoleHub, InputBudget
+from vpsshell.daemon.recordings import MAX_DIMENSION
 
 DRAIN_SECONDS = 2.0
 MAX_SESSION_SECONDS = 7 * 86400.0
@@ -55,6 +57,14 @@ async def _wait_for_budget(delay: float, writer: asyncio.StreamWriter) -> bool:
         if left <= 0:
             return True
         await asyncio.sleep(min(left, HANGUP_CHECK_SECONDS))
+
+
+def window_size(untrusted: dict[str, object]) -> tuple[int, int] | None:
+    """``rows`` and ``cols`` of a ``resize`` message, if both are sizes a window can have."""
+    rows, cols = untrusted.get("rows"), untrusted.get("cols")
+    if type(rows) is int and type(cols) is int and 0 < rows <= MAX_DIMENSION >= cols > 0:
+        return rows, cols
+    return None
 
 
 class _Heard:
@@ -122,10 +132,14 @@ async def _receive_loop(
             untrusted = protocol.decode_message(payload)
         except protocol.ProtocolError:
             return "protocol-error"
-        if protocol.session_op(untrusted) == protocol.OP_DETACH:
+        op = protocol.session_op(untrusted)
+        if op == protocol.OP_DETACH:
             return "detached"
-        # "pong" only counts as heard; "resize" and anything else: serial consoles have no
-        # window size; ignored
+        if op == protocol.OP_RESIZE:  # serial consoles have no window size: only recorded
+            size = window_size(untrusted)
+            if size is not None:
+                attachment.resize(*size)
+        # "pong" only counts as heard; anything else is ignored
 
 
 async def run_console_session(

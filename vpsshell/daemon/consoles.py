@@ -30,6 +30,7 @@ from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, HostEvent
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.console_log import ConsoleLog, expire_logs
 from vpsshell.daemon.peer import Caller
+from vpsshell.daemon.recordings import Recording, RecordingStore, list_directory
 from vpsshell.errors import TemporaryFailure, VpsError
 
 log = logging.getLogger("vpsshell.console")
@@ -107,6 +108,8 @@ class Attachment:
         self.closed_reason: str | None = None
         self.hub: ConsoleHub | None = None
         self.session_started = False
+        self.recording: Recording | None = None
+        self.size: tuple[int, int] | None = None  # rows, cols of the tenant's terminal, if any
 
     def _push(self, frame: bytes, *, force: bool = False) -> bool:
         if self.closed_reason is not None:
@@ -124,6 +127,14 @@ class Attachment:
 
     def notice(self, text: str) -> None:
         self._push(protocol.encode_message(protocol.notice(text)), force=True)
+        if self.recording is not None:
+            self.recording.marker(text)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """The tenant's window changed size (serial consoles have none: only recorded)."""
+        if self.recording is not None and (rows, cols) != self.size:
+            self.recording.resize(rows, cols)
+        self.size = (rows, cols)
 
     def close(self, reason: str, text: str) -> None:
         """End the attachment: a final ``closed`` message, then the connection closes."""
@@ -132,6 +143,9 @@ class Attachment:
         self._push(protocol.encode_message(protocol.closed(reason, text)), force=True)
         self.closed_reason = reason
         self._ready.set()
+        if self.recording is not None:
+            self.recording.close(reason)
+            self.recording = None
 
     async def next_frames(self) -> list[bytes]:
         """Frames to send; an empty list once closed and drained."""
@@ -154,8 +168,10 @@ class ConsoleHub:
         console_log: ConsoleLog,
         limits: Limits,
         on_detach: Callable[[Attachment, str], None],
+        recordings: RecordingStore | None = None,
     ) -> None:
         self.backend = backend
+        self.recordings = recordings
         self.uuid = info.uuid
         self.name = info.name
         self.log = console_log
@@ -243,6 +259,8 @@ class ConsoleHub:
         for attachment in list(self.attachments):
             if not attachment.offer_frames(frames):
                 self.detach(attachment, "too-slow", "your connection could not keep up; detached")
+            elif attachment.recording is not None:
+                attachment.recording.output(data)
 
     def attach(self, attachment: Attachment, *, takeover: bool, replay: int) -> None:
         """Add an attachment, or raise ``TemporaryFailure`` with why not. Never awaits: the
@@ -269,20 +287,39 @@ class ConsoleHub:
                 )
             displaced = self.writer
             marker = "took-over"
+            if displaced.recording is not None:
+                displaced.recording.marker(f"taken over by {attachment.caller.user}")
             self.detach(
                 displaced,
                 "takeover",
                 f"console of {self.name} taken over by {attachment.caller.user}",
             )
         attachment.hub = self
+        self._record(attachment)
         if replay > 0 and self.ring:
-            attachment.offer_frames(data_frames(bytes(self.ring[-replay:])))
+            scrollback = bytes(self.ring[-replay:])
+            attachment.offer_frames(data_frames(scrollback))
+            if attachment.recording is not None:
+                attachment.recording.output(scrollback)
         self.attachments.append(attachment)
         self.log.mark(marker, attachment.caller.user, attachment.mode)
         if attachment.mode == "write":
             self.writer = attachment
         asyncio.get_running_loop().call_later(
             SESSION_START_SECONDS, self._detach_if_unclaimed, attachment
+        )
+
+    def _record(self, attachment: Attachment) -> None:
+        if self.recordings is None:
+            return
+        rows, cols = attachment.size or (None, None)
+        attachment.recording = self.recordings.begin(
+            domain=self.name,
+            uuid=self.uuid,
+            user=attachment.caller.user,
+            mode=attachment.mode,
+            rows=rows,
+            cols=cols,
         )
 
     def _detach_if_unclaimed(self, attachment: Attachment) -> None:
@@ -303,6 +340,8 @@ class ConsoleHub:
         """Keystrokes from a client: only the current writer's reach the guest."""
         if attachment is not self.writer or self._stream is None:
             return
+        if attachment.recording is not None:
+            attachment.recording.input(data)
         try:
             await self._stream.write(data)
         except VpsError:
@@ -329,8 +368,10 @@ class ConsoleManager:
         limits: Limits,
         *,
         on_detach: Callable[[Attachment, str], None],
+        recordings: RecordingStore | None = None,
     ) -> None:
         self.backend = backend
+        self.recordings = recordings
         self.log_dir = log_dir
         self.limits = limits
         self.hubs: dict[str, ConsoleHub] = {}
@@ -356,7 +397,9 @@ class ConsoleManager:
                 limits.console_log_files,
                 limits.console_log_bytes_per_hour,
             )
-            hub = ConsoleHub(self.backend, info, console_log, limits, self._on_detach)
+            hub = ConsoleHub(
+                self.backend, info, console_log, limits, self._on_detach, self.recordings
+            )
             with self._files_lock:
                 self.hubs[info.uuid] = hub
             console_log.mark_seen()
@@ -372,6 +415,15 @@ class ConsoleManager:
             self._opening = asyncio.create_task(self._open_all(), name="console-hubs")
 
     async def _open_all(self) -> None:
+        if self.recordings is not None:
+            directory = self.recordings.directory
+            try:
+                found = await asyncio.to_thread(list_directory, directory)
+            except OSError as exc:
+                log.error("cannot read console recordings in %s: %s", directory, exc)
+            else:
+                self.recordings.adopt(found)
+                log.info("%d console recording(s) in %s", len(found), directory)
         await self._open_hubs()
         self._expiry = asyncio.create_task(self._expire_logs(), name="console-log-expiry")
 
@@ -431,6 +483,8 @@ class ConsoleManager:
         while True:
             try:
                 await self.expire_logs_now()
+                if self.recordings is not None:
+                    self.recordings.enforce()
             except OSError as exc:
                 log.error("cannot expire console logs in %s: %s", self.log_dir, exc)
             except Exception:

@@ -37,7 +37,8 @@ from vpsshell.daemon.operation import (
     int_value,
     refuse_unknown,
 )
-from vpsshell.errors import TemporaryFailure, UsageError
+from vpsshell.daemon.recordings import MAX_DIMENSION, is_recording_id, send_file
+from vpsshell.errors import Denied, TemporaryFailure, UsageError
 from vpsshell.since import parse_since
 
 WAIT_POLL_SECONDS = 0.2
@@ -235,11 +236,15 @@ async def op_version(api: TenantServices, request: Request, target: Target | Non
 
 
 def _console_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    refuse_unknown(untrusted, {"domain", "takeover", "replay"})
+    refuse_unknown(untrusted, {"domain", "takeover", "replay", "rows", "cols"})
     takeover = bool_arg(untrusted, "takeover")
     default = limits.console_replay_default_bytes
     replay = int_arg(untrusted, "replay", default, 0, None, "a number of bytes")
-    return {"takeover": takeover, "replay": min(replay, limits.console_ring_bytes)}
+    # the tenant's window, for the session's recording; 0 (a pty never sized): not known
+    rows = int_arg(untrusted, "rows", 0, 0, MAX_DIMENSION)
+    cols = int_arg(untrusted, "cols", 0, 0, MAX_DIMENSION)
+    size = (rows, cols) if rows and cols else None
+    return {"takeover": takeover, "replay": min(replay, limits.console_ring_bytes), "size": size}
 
 
 async def _attach(api: TenantServices, request: Request, target: Target | None, mode: str) -> Any:
@@ -249,6 +254,7 @@ async def _attach(api: TenantServices, request: Request, target: Target | None, 
     state = (await api.backend.info(target.info.uuid)).state.value
     hub = api.consoles.hub_for(target.info)
     attachment = api.consoles.new_attachment(request.caller, mode)
+    attachment.size = request.args["size"]
     takeover = bool(request.args.get("takeover")) and mode == "write"
     displaced = hub.writer if takeover else None
     hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
@@ -312,6 +318,58 @@ async def op_log(api: TenantServices, request: Request, target: Target | None) -
         lines = [str(entry["text"]) for entry in found]
     kept = _newest_that_fit(lines)
     return {**reply, "lines": kept, "truncated": len(kept) < len(lines)}
+
+
+@operation("recordings", action="log", domain="required")
+async def op_recordings(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """The console recordings of the domain (its UUID now: none of a domain that held the
+    name before), newest last."""
+    assert target is not None
+    store = api.consoles.recordings
+    found = store.for_domain(target.info.uuid) if store is not None else []
+    now = time.time()
+    kept = _newest_that_fit([info.to_json(now) for info in found])
+    return {"domain": target.info.name, "recordings": kept, "truncated": len(kept) < len(found)}
+
+
+def _recording_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"id"})
+    untrusted_id = untrusted.get("id")
+    if not is_recording_id(untrusted_id):
+        raise UsageError("id: expected a recording ID such as 20261205-101500-3fa2c1")
+    return {"id": untrusted_id}
+
+
+@operation("recording", args=_recording_args)
+async def op_recording(api: TenantServices, request: Request, target: Target | None) -> Any:
+    """One recording, as it is on disk (asciicast v2): the reply says its size, then the
+    connection carries it in ``CONSOLE_DATA`` frames and closes. Allowed as ``log`` on the
+    recording's domain, while that name still stands for the recorded UUID; a recording that
+    does not exist and one that is not the caller's get the same answer."""
+    rec_id: str = request.args["id"]
+    store = api.consoles.recordings
+    info = store.get(rec_id) if store is not None else None
+    unknown = Denied(f"{rec_id}: no such recording or permission denied")
+    if store is None or info is None:
+        raise unknown
+    request.audit["recording"] = rec_id
+    request.audit["domain"] = info.domain
+    try:
+        _, target = await api.authorizer.authorize(
+            request._replace(domain=info.domain), "log", request.audit
+        )
+    except Denied:
+        raise unknown from None
+    if target is None or target.info.uuid != info.uuid:
+        request.audit["decision"] = "deny"
+        request.audit["reason"] = "the name stands for another domain now"
+        raise unknown
+    path, size = store.path_of(rec_id), info.size
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await send_file(path, size, writer)
+
+    return ReplyThenSession({"id": rec_id, "domain": info.domain, "bytes": size}, session)
 
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class Context(Protocol):
 
     def follow_events(self, args: dict[str, Any], *, as_json: bool) -> int: ...
 
+    def download(self, op: str, args: dict[str, Any]) -> int: ...
+
 
 Handler = Callable[[Context, ParsedCommand], Output]
 
@@ -253,6 +255,27 @@ def cmd_log(ctx: Context, parsed: ParsedCommand) -> Output:
     if args.get("lines") == 0:
         raise UsageError("log: --lines must be at least 1")
     return Output("log", ctx.call("log", args))
+
+
+@command(
+    "recordings",
+    "recorded console sessions of a domain (who, when, how long)",
+    domain="required",
+    options=(JSON,),
+)
+def cmd_recordings(ctx: Context, parsed: ParsedCommand) -> Output:
+    return Output("recordings", ctx.call("recordings", {"domain": parsed.domain}))
+
+
+@command(
+    "recording",
+    "print a recorded console session as asciicast v2 (save it; asciinema play FILE)",
+    extra_arg="ID",
+)
+def cmd_recording(ctx: Context, parsed: ParsedCommand) -> Output:
+    if not parsed.extra:
+        raise UsageError(f"usage: {parsed.verb.usage()}")
+    return Output("ended", ctx.download("recording", {"id": parsed.extra}))
 
 
 @command("sysrq", "send magic SysRq KEY (0-9, a-z) to a domain", domain="required", extra_arg="KEY")

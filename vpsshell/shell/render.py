@@ -48,6 +48,15 @@ def format_uptime(seconds: int | None) -> str:
     return f"{secs}s"
 
 
+def format_bytes(size: int) -> str:
+    """``512 B``, ``14.2 KiB``, ``3.0 MiB``."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KiB"
+    return f"{size / (1024 * 1024):.1f} MiB"
+
+
 DOMAIN_COLUMNS = ("NAME", "STATE", "VCPUS", "MEMORY", "UPTIME", "HOST")
 
 # colour of each domain state on a colour terminal (rich names; the toolbar maps them too)
@@ -149,6 +158,12 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             env.stdout.write(f"{inert(line)}\n")
         for entry in data.get("entries", []):
             env.stdout.write(log_entry_line(entry) + "\n")
+    elif kind == "recordings":
+        rows = [recording_row(r) for r in data.get("recordings", [])]
+        if rows:
+            _table(env, RECORDING_COLUMNS, rows)
+        else:
+            env.stdout.write(f"no recordings of {inert(data.get('domain'))}\n")
     elif kind == "help":
         width = min(max(len(verb["usage"]) for verb in data), HELP_USAGE_WIDTH)
         for verb in data:
@@ -185,6 +200,26 @@ def verb_help_lines(verb: dict[str, Any]) -> list[str]:
     if verb["interactive_only"]:
         lines.append("  interactive only (not with vpsshell -c)")
     return lines
+
+
+RECORDING_COLUMNS = ("ID", "STARTED", "USER", "MODE", "LENGTH", "SIZE")
+
+
+def recording_row(recording: Any) -> tuple[str, ...]:
+    """One line of ``recordings``; a session still going shows its length so far with +."""
+    if not isinstance(recording, dict):
+        return ("?",) * len(RECORDING_COLUMNS)
+    seconds = recording.get("seconds")
+    length = format_uptime(int(seconds)) if isinstance(seconds, int | float) else "?"
+    size = recording.get("bytes")
+    return (
+        inert(recording.get("id")),
+        inert(recording.get("started")),
+        inert(recording.get("user")),
+        inert(recording.get("mode")),
+        length + ("+" if recording.get("active") else ""),
+        format_bytes(size) if isinstance(size, int) else "?",
+    )
 
 
 def log_entry_line(entry: Any) -> str:

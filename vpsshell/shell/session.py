@@ -7,6 +7,8 @@ decides exit codes and what the tenant is told.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -63,6 +65,11 @@ class Session:
         Its escapes' requests (SysRq, reboot) go on connections of their own."""
         from vpsshell.shell.console import run_console
 
+        if self.env.stdin_isatty:  # the window's size, for the session's recording
+            with contextlib.suppress(OSError):
+                cols, rows = os.get_terminal_size(self.env.stdin.fileno())
+                if rows and cols:  # a pty nobody sized says 0x0
+                    args = {**args, "rows": rows, "cols": cols}
         return run_console(
             lambda: self._confirming(lambda a: self.client.open_console(op, a), args),
             self.env,
@@ -80,6 +87,14 @@ class Session:
             self.env,
             as_json,
         )
+
+    def download(self, op: str, args: dict[str, Any]) -> ExitCode:
+        """Copy what the helper sends after the reply (a recording) to stdout, unchanged;
+        returns the exit code."""
+        from vpsshell.shell.download import receive
+
+        result, sock = self._confirming(lambda a: self.client.open_console(op, a), args)
+        return receive(sock, result, self.env)
 
     def close(self) -> None:
         self.client.close()

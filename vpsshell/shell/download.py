@@ -1,0 +1,55 @@
+"""The tenant's end of a download (``recording ID``): the bytes the helper sends after its reply
+go to stdout unchanged, and the count is checked against what the reply announced."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from vpsshell import protocol
+from vpsshell.errors import ExitCode, Unavailable
+from vpsshell.shell.environment import Environment
+
+RECV_SECONDS = 60.0  # a helper that sends nothing for this long has stopped sending
+
+
+def _exactly(sock: socket.socket, count: int) -> bytes | None:
+    """``count`` bytes, or None at the end of the stream before any of them."""
+    data = bytearray()
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            if data:
+                raise Unavailable("the vpsshell helper closed the connection mid-frame")
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def receive(sock: socket.socket, result: Any, env: Environment) -> ExitCode:
+    announced = result.get("bytes") if isinstance(result, dict) else None
+    received = 0
+    sock.settimeout(RECV_SECONDS)
+    env.stdout.flush()  # whatever was written as text goes first
+    out = getattr(env.stdout, "buffer", None)
+    try:
+        while (header := _exactly(sock, protocol.HEADER.size)) is not None:
+            frame_type, length = protocol.parse_header(header)
+            payload = _exactly(sock, length) or b""
+            if frame_type != protocol.FRAME_CONSOLE_DATA:
+                continue  # a message (none is sent now): not part of the file
+            if out is not None:
+                out.write(payload)
+            else:
+                env.stdout.write(payload.decode("utf-8", errors="replace"))
+            received += len(payload)
+    except TimeoutError:
+        raise Unavailable(f"the vpsshell helper stopped sending after {received} bytes") from None
+    except protocol.ProtocolError as exc:
+        raise Unavailable(f"the vpsshell helper sent something unreadable: {exc}") from None
+    finally:
+        sock.close()
+        env.stdout.flush()
+    if isinstance(announced, int) and received != announced:
+        raise Unavailable(f"the download ended after {received} of {announced} bytes")
+    return ExitCode.OK
