@@ -147,7 +147,10 @@ def test_help_and_version_and_whoami(helper: Helper) -> None:
     assert help_text.code == 0
     for verb in ("list", "status", "start", "shutdown", "reboot", "poweroff", "reset"):
         assert verb in help_text.out
-    assert "use DOMAIN" not in help_text.out  # interactive only
+    # the login shell's own verbs are listed too, marked: `ssh host help` shows quit
+    use = next(line for line in help_text.out.splitlines() if "use DOMAIN" in line)
+    assert use.endswith("(interactive shell only)")
+    assert "also quit (interactive shell only)" in help_text.out
     assert "--wait" in run("vpst-alice", helper, "help shutdown").out
     who = run("vpst-carol", helper, "whoami --json").json()
     assert who["user"] == "vpst-carol" and "vpst-team" in who["groups"]

@@ -154,12 +154,15 @@ def cmd_whoami(ctx: Context, parsed: ParsedCommand) -> Output:
 @command("help", "list commands, or explain one", extra_arg="[VERB]")
 def cmd_help(ctx: Context, parsed: ParsedCommand) -> Output:
     if parsed.extra is None:
+        # every verb, so that ``ssh host help`` shows what the login shell offers too
         return Output(
             "help",
             [
-                _verb_help(VERBS[name])
+                {
+                    **_verb_help(VERBS[name]),
+                    "here": ctx.interactive or not VERBS[name].interactive_only,
+                }
                 for name in ORDER
-                if ctx.interactive or not VERBS[name].interactive_only
             ],
         )
     verb = VERBS.get(parsed.extra)

@@ -188,7 +188,8 @@ HELP_USAGE_WIDTH = 46  # a wider usage puts its summary below, so most of help f
 
 def _summary_with_aliases(verb: dict[str, Any]) -> str:
     aliases = verb["aliases"]
-    return f"{verb['summary']}; also {', '.join(aliases)}" if aliases else verb["summary"]
+    summary = f"{verb['summary']}; also {', '.join(aliases)}" if aliases else verb["summary"]
+    return summary if verb.get("here", True) else f"{summary} (interactive shell only)"
 
 
 def verb_help_lines(verb: dict[str, Any]) -> list[str]:
