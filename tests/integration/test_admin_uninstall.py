@@ -3,8 +3,9 @@
 Both run as real processes into a temporary root (``--root``) that starts with files a host
 already has (``/etc/shells``, sshd's PAM file from this machine or Debian's, a file of the
 admin's under ``/etc/vpsshell``), so the test can compare the tree after uninstall with the
-tree before install. ``--quiet-login`` and the install notes about the login banner (MOTD,
-kernel version, "Last login") are checked on the same root.
+tree before install; the helper's own log goes only with ``--purge``. ``--quiet-login`` and
+the install notes about the login banner (MOTD, kernel version, "Last login") are checked on
+the same root.
 """
 
 from __future__ import annotations
@@ -137,6 +138,32 @@ def test_the_admins_edits_stay_unless_purge(host: Path) -> None:
     assert purged.returncode == 0, purged
     assert not (host / "etc/vpsshell").exists()
     assert not snippet.exists()
+
+
+def test_the_helpers_own_log_goes_only_with_purge(host: Path) -> None:
+    assert admin(host, "install").returncode == 0
+    logs = host / "var/log/vpsshell"
+    logs.mkdir(parents=True)
+    records = ["audit.jsonl", "audit.jsonl.1", "vpsshelld.log.old"]  # not the helper's log
+    helper_logs = ["vpsshelld.log", "vpsshelld.log.1", "vpsshelld.log.2.gz"]
+    for name in records + helper_logs:
+        (logs / name).write_text("a line\n")
+
+    removed = admin(host, "uninstall")
+    assert removed.returncode == 0, removed
+    for name in helper_logs:
+        kept = f"kept           /var/log/vpsshell/{name} (the helper's own log: --purge removes it)"
+        assert kept in removed.stdout
+    assert "console_log_dir in vpsshelld(8), /var/log/vpsshell/vpsshelld.log)" in removed.stderr
+    assert sorted(os.listdir(logs)) == sorted(records + helper_logs)
+
+    purged = admin(host, "uninstall", "--purge")
+    assert purged.returncode == 0, purged
+    for name in helper_logs:
+        gone = f"removed        /var/log/vpsshell/{name} (--purge: the helper's own log)"
+        assert gone in purged.stdout
+    assert "vpsshelld.log" not in purged.stderr
+    assert sorted(os.listdir(logs)) == sorted(records)
 
 
 def test_a_launcher_that_is_not_ours_is_kept(host: Path) -> None:

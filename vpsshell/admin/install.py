@@ -272,6 +272,11 @@ class Layout:
     def shell_path(self) -> str:
         return os.path.join(self.prefix, "bin", "vpsshell")
 
+    @property
+    def daemon_path(self) -> str:
+        """The helper's link in ``sbin``: what the unit runs, and what to run without one."""
+        return os.path.join(self.prefix, "sbin", "vpsshelld")
+
     def directories(self) -> list[str]:
         """In the order they are created (parents first)."""
         return [
@@ -297,13 +302,12 @@ class Layout:
             raise AdminError(
                 "the shipped files (pam/, systemd/, sshd/) are missing from this install"
             )
-        daemon = os.path.join(self.prefix, "sbin", "vpsshelld")
         files = [
             ConfigFile(self.config_path, CONFIG_TEMPLATE.encode(), "default"),
             ConfigFile(PAM_SERVICE, pam, "pam/vpsshell"),
             ConfigFile(
                 UNIT_FILE,
-                unit.replace(UNIT_EXEC.encode(), daemon.encode()),
+                unit.replace(UNIT_EXEC.encode(), self.daemon_path.encode()),
                 "systemd/vpsshelld.service",
             ),
         ]
@@ -451,7 +455,8 @@ def cmd_install(
         ctx.out(f"{installer.changed} change(s) made")
         ctx.out(
             "next: systemctl daemon-reload && systemctl enable --now vpsshelld (without "
-            "systemd: run vpsshelld as root, which detaches); give each tenant the login "
-            f"shell {layout.shell_path} and the group {layout.socket_group}"
+            f"systemd: run {layout.daemon_path} as root; it returns once the helper listens); "
+            f"give each tenant the login shell {layout.shell_path} and the group "
+            f"{layout.socket_group}"
         )
     return AdminExit.OK

@@ -8,7 +8,9 @@ removed only while they are exactly what install wrote, since anything else is t
 work, which only ``--purge`` removes (with the policy, hooks and authorized_keys directories).
 The launcher's line leaves ``/etc/shells``, the ``--quiet-login`` line leaves sshd's PAM file.
 The tenants' group, the state directory and the logs stay: the helper made them, tenants may
-still be in the group, and logs are records. ``--dry-run`` only says what it would do.
+still be in the group, and logs are records; only the helper's own diagnostic log
+(``vpsshelld.log`` beside the audit log, with its rotated copies) goes with ``--purge``.
+``--dry-run`` only says what it would do.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vpsshell.admin.install import (
     update_man_index,
 )
 from vpsshell.admin.launcher import LAUNCHER_MARK
+from vpsshell.daemon.main import FALLBACK_LOG_NAME
 
 
 @dataclass
@@ -147,6 +150,27 @@ class Remover:
         self.report("removed", quiet_login.PAM_SSHD, "the --quiet-login line")
 
 
+def _is_helper_log(name: str) -> bool:
+    """``vpsshelld.log`` or one of logrotate's copies of it (``.1``, ``.2.gz``, ...)."""
+    if name == FALLBACK_LOG_NAME:
+        return True
+    rotation = name.removeprefix(FALLBACK_LOG_NAME + ".").removesuffix(".gz")
+    return name != rotation and rotation.isdigit()
+
+
+def _helper_logs(remover: Remover, log_dir: str) -> None:
+    """The helper's own log (written beside the audit log when a detached helper finds no
+    syslog): diagnostics, not records, so ``--purge`` removes it with its rotated copies."""
+    target = remover.installer.at(log_dir)
+    names = sorted(filter(_is_helper_log, os.listdir(target))) if os.path.isdir(target) else []
+    for name in names:
+        path = os.path.join(log_dir, name)
+        if remover.purge:
+            remover.unlink(path, "--purge: the helper's own log")
+        else:
+            remover.report("kept", path, "the helper's own log: --purge removes it")
+
+
 def _tenants_with_shell(shell: str) -> list[str]:
     return sorted(entry.pw_name for entry in pwd.getpwall() if entry.pw_shell == shell)
 
@@ -195,12 +219,16 @@ def cmd_uninstall(
         remover.directory(directory, purgeable=True)
     remover.config_file(config)
     remover.directory(config_dir, purgeable=False)
+    log_dir = os.path.dirname(layout.audit_log)
+    _helper_logs(remover, log_dir)
 
     if remover.removed and not dry_run:
         update_man_index(ctx, installer.root, layout.man_dir)
+    helper_log = "" if purge else f", {os.path.join(log_dir, FALLBACK_LOG_NAME)}"
     ctx.note(
         f"note: kept the group {layout.socket_group}, the helper's state and its logs "
-        "(state_dir, audit_log, console_log_dir in vpsshelld(8)); remove them by hand if wanted"
+        f"(state_dir, audit_log, console_log_dir in vpsshelld(8){helper_log}); remove them "
+        "by hand if wanted"
     )
     if real_root:
         users = _tenants_with_shell(layout.shell_path)
