@@ -143,3 +143,21 @@ def test_an_unusable_events_file_does_not_stop_the_helper(restartable: Any) -> N
     complaints = [line for line in helper.log.read_text().splitlines() if "events file" in line]
     assert len(complaints) == 1, complaints
     assert "kept in memory only" in complaints[0]
+
+
+def test_events_lists_what_the_file_keeps_beyond_the_memory_window(restartable: Any) -> None:
+    helper = restartable(extra_limits="events_history = 2").start()
+    start_and_stop(helper, "vpst-alice", "web1")
+    start_and_stop(helper, "vpst-alice", "web2")
+    start_and_stop(helper, "vpst-carol", "db1")  # the team's: never shown to alice
+    shown = events_of(helper, "vpst-alice")
+    assert [(e["domain"], e["kind"]) for e in shown] == [
+        ("web1", "started"),
+        ("web1", "stopped"),
+        ("web2", "started"),
+        ("web2", "stopped"),
+    ]  # memory holds 2 events of all domains; the file holds these
+    assert events_of(helper, "vpst-alice", "events --json --lines=3") == shown[-3:]
+    assert events_of(helper, "vpst-alice", "events web1 --json") == shown[:2]
+    seqs = [e["seq"] for e in shown]
+    assert seqs == sorted(seqs)

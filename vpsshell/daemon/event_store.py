@@ -41,9 +41,12 @@ CREATE TABLE IF NOT EXISTS events (
     user TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time);
+CREATE INDEX IF NOT EXISTS events_by_uuid ON events (uuid, seq);
 """
 _INSERT = "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?, ?, ?, ?)"
-_LOAD = "SELECT seq, time, kind, domain, uuid, detail, user FROM events ORDER BY seq DESC LIMIT ?"
+_COLUMNS = "seq, time, kind, domain, uuid, detail, user"
+_LOAD = f"SELECT {_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?"  # noqa: S608 (constants)
+QUERY_UUIDS_AT_ONCE = 500  # UUIDs per query (SQLite bounds the parameters of a statement)
 
 
 def _cutoff(days: int) -> str:
@@ -97,6 +100,34 @@ class EventStore:
             )
             return []
         return [Event(*row) for row in reversed(rows)]
+
+    def query(self, uuids: list[str], since: str, upto: int, limit: int) -> list[Event]:
+        """The newest ``limit`` stored events of these UUIDs, at or after ``since`` (UTC text,
+        "" for any) and up to ``seq`` ``upto``, oldest first. Blocking: run it in a worker
+        thread. It reads on a connection of its own (WAL lets it read while the event loop
+        writes); a file that cannot be read gives none, logged."""
+        if self._db is None or not uuids or limit <= 0:
+            return []
+        found: list[Event] = []
+        try:
+            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                for start in range(0, len(uuids), QUERY_UUIDS_AT_ONCE):
+                    part = uuids[start : start + QUERY_UUIDS_AT_ONCE]
+                    marks = ", ".join("?" * len(part))  # placeholders only: values are bound
+                    rows = db.execute(
+                        f"SELECT {_COLUMNS} FROM events WHERE uuid IN ({marks}) "  # noqa: S608
+                        "AND time >= ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
+                        (*part, since, upto, limit),
+                    ).fetchall()
+                    found.extend(Event(*row) for row in rows)
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            log.error("events file %s cannot be read (%s); older events not shown", self.path, exc)
+            return []
+        found.sort(key=lambda event: event.seq)
+        return found[-limit:]
 
     def last_seq(self) -> int:
         """The highest ``seq`` ever stored (0 for none): the next event's is larger."""

@@ -18,7 +18,9 @@ host's details (its address, libvirt's error) are not for tenants.
 
 With an ``EventStore`` (``event_store``), every kept event is also written to a file as it is
 recorded, and the newest kept events are loaded back on start: ``events`` after a helper restart
-still lists them, and ``seq`` goes on from the highest stored.
+still lists them, and ``seq`` goes on from the highest stored. ``events`` reads the file
+(``kept``), so it lists what the file keeps (``events_keep``, ``events_keep_days``), not only
+what memory holds.
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class EventRecord:
                     self._keep(event, event.uuid)
             first_seq = store.last_seq() + 1
         self._seq = itertools.count(first_seq)
+        self.last_seq = first_seq - 1  # of the last event recorded
 
     def subscribe_backend(self, backend: Backend) -> None:
         backend.subscribe(self._on_backend_event)
@@ -179,6 +182,7 @@ class EventRecord:
         event = Event(
             next(self._seq), utc_now(), kind, domain, uuid, detail[:MAX_DETAIL_CHARS], user, host
         )
+        self.last_seq = event.seq
         if kind not in LIFECYCLE_KINDS:  # backends log their own events
             log.info(
                 "event: %s %s%s%s",
@@ -223,6 +227,23 @@ class EventRecord:
         ]
         events.sort(key=lambda event: event.seq)
         return events
+
+    async def kept(self, uuids: Iterable[str], since: str, limit: int) -> list[Event]:
+        """The newest ``limit`` kept events of these UUIDs at or after ``since``, oldest first,
+        up to the last event recorded when called (later ones go to followers made before).
+        With a file they come from it, which keeps far more than memory (``events_keep``), and
+        are merged with the in-memory history (which holds any the file failed to take)."""
+        upto = self.last_seq
+        wanted = list(uuids)
+        memory = [event for event in self.history(wanted, since) if event.seq <= upto]
+        if limit <= 0:
+            return []
+        if self._store is None or not wanted:
+            return memory[-limit:]
+        stored = await asyncio.to_thread(self._store.query, wanted, since, upto, limit)
+        merged = {event.seq: event for event in stored}
+        merged.update((event.seq, event) for event in memory)
+        return sorted(merged.values(), key=lambda event: event.seq)[-limit:]
 
     def uuids(self) -> list[str]:
         """UUIDs of the domains with kept events."""

@@ -417,16 +417,20 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
         recheck_seconds=api.limits.session_recheck_seconds,
         account_max_age=api.limits.account_recheck_seconds,
     )
-    # no await from here on: the history and the follower see every event exactly once
-    history = [
-        event
-        for event in api.events.history(names, since=request.args["since"])
-        if shown.shows_kept(event, names[event.uuid or ""])
-    ]
-    lines: int = request.args["lines"]
-    history = history[-lines:] if lines else []
-    kept = _newest_that_fit([event.to_json() for event in history])
     follow: bool = request.args["follow"]
+    # the follower is made before the history is read, and the history ends at the last event
+    # recorded now: every event is in exactly one of them, whatever arrives during the read
+    follower = api.events.follow() if follow else None
+    try:
+        # only the domains whose events may be shown are read, so ``lines`` counts shown ones
+        shown_uuids = [u for u, name in names.items() if target is not None or shown.allows(name)]
+        found = await api.events.kept(shown_uuids, request.args["since"], request.args["lines"])
+    except BaseException:
+        if follower is not None:
+            api.events.unfollow(follower)
+        raise
+    history = [event for event in found if shown.shows_kept(event, names[event.uuid or ""])]
+    kept = _newest_that_fit([event.to_json() for event in history])
     request.audit["follow"] = follow
     request.audit["events"] = len(kept)
     result: dict[str, Any] = {
@@ -443,8 +447,7 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
             if api.authorizer.may_see_events(caller, name, confirmed=True)
             and not shown.allows(name)
         )
-    if follow:
-        follower = api.events.follow()
+    if follower is not None:
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await run_events_session(follower, shown, reader, writer)
