@@ -16,7 +16,20 @@ client, so the figure is, if anything, a little low. The time runs from the firs
 the moment every client has every byte. Two variants: "coalesced" lets the sim stream join
 whatever the guest wrote while the hub was busy (what the sim backend does); "4 KiB reads" yields
 to the loop after every write, so the hub handles each 4 KiB write on its own (what a backend
-reading a pty or a libvirt stream 4 KiB at a time would cost).
+reading a pty or a libvirt stream 4 KiB at a time would cost). What the guest prints
+(``--output``): ``text``, lines of a boot log and a coloured ``ls`` (escape sequences, CR LF,
+some UTF-8), or ``binary``, every byte value, the worst case for a recording (control bytes and
+bytes that are not UTF-8 take six bytes each in its JSON).
+
+Recording off and on. Every throughput run is made twice, back to back, with helpers that differ
+only in ``console_recordings`` (false, true); the table gives the on/off ratio of each variant
+(the median of the rounds' ratios) against the target: recording costs at most 20 %. Each
+session of an "on" run is recorded (one recording per client). A recording stops at
+``console_recording_bytes`` (8 MiB by default, at most 1 GiB in the config file), which a
+fast run passes within a second; the "on" runs raise it to 1 TiB, and the caps per domain and in
+all with it (else finished recordings would be removed as the sessions end), in the helper's
+config object. After each run every recording must end with its "session ended" marker (one
+stopped at its cap ends with another), then it is removed.
 
 The full stack through typed input (``echo`` lines) would measure the sim guest's per-byte
 Python line discipline, a few MiB/s, not the hub; that is why output is injected.
@@ -40,7 +53,7 @@ more with 10 watcher processes attached and reading.
 Throughput runs are interleaved in rounds, so each round sees the same machine load; the table
 shows medians, ranges and each run's share of the raw pty figure of its own round.
 
-    python bench/console.py [--seconds 1.5] [--rounds 3] [--keys 5000]
+    python bench/console.py [--seconds 1.5] [--rounds 3] [--keys 5000] [--output text|binary]
 
 Everything runs on this machine, in a temp dir that is removed, and every process it starts is
 ended; it never touches the system's helper, sockets, policy or logs. Run it from the test venv,
@@ -51,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import pwd
@@ -85,8 +99,37 @@ READ_BYTES = 65536  # every reader (pty or socket) asks for this much per read, 
 WARMUP_SECONDS = 0.5
 COUNT = struct.Struct(">Q")
 KEYS = ((b"a", b"a"), (b"\x7f", b"\b \b"))  # (key, the guest's echo of it)
+
+
+def _text_write() -> bytes:
+    """One guest write of what consoles carry: lines of a boot log and a coloured ``ls``, with
+    escape sequences, CR LF and some UTF-8, whole lines padded to ``WRITE_BYTES``."""
+    lines = [
+        b"[  \x1b[0;32mOK\x1b[0m  ] Started \x1b[0;1;39msystemd-journald.service\x1b[0m"
+        b" - Journal Service.\r\n",
+        b"[   12.345678] virtio_net virtio0 ens3: renamed from eth0\r\n",
+        b"drwxr-xr-x  2 root root  4096 Dec  5 07:11 \x1b[01;34mbin\x1b[0m\r\n",
+        b"-rw-r--r--  1 web  web  12288 Dec  5 07:11 caf\xc3\xa9-men\xc3\xbc.txt  "
+        b"\xe2\x94\x80\xe2\x94\x80 \xe2\x9c\x93\r\n",
+    ]
+    write = b""
+    while len(write) + len(lines[0]) <= WRITE_BYTES:
+        for line in lines:
+            if len(write) + len(line) <= WRITE_BYTES:
+                write += line
+        lines.append(lines.pop(0))
+    return write.ljust(WRITE_BYTES, b" ")
+
+
+GUEST_WRITES = {
+    "text": _text_write(),
+    # every byte value: control characters and bytes that are not UTF-8, which a recording
+    # escapes to six bytes each ("\u0001", "\ufffd"): its worst case
+    "binary": bytes(range(256)) * (WRITE_BYTES // 256),
+}
 TARGET_THROUGHPUT_SHARE = 0.5
 TARGET_ADDED_P99_MS = 2.0
+TARGET_RECORDING_COST = 0.2  # recording on may cost at most this share of the throughput
 
 
 # -- the raw pty baseline ------------------------------------------------------------------
@@ -272,13 +315,28 @@ def reader_command(path: str, op: str) -> list[str]:
 
 
 @asynccontextmanager
-async def helper_in_process(config_path: str) -> AsyncIterator[SimBackend]:
+async def helper_in_process(
+    config_path: str, recording_bytes: int | None
+) -> AsyncIterator[SimBackend]:
     """The helper exactly as ``vpsshelld`` assembles it (``vpsshell.daemon.assembly``), in this
-    process; yields the sim backend. Signals and the policy watcher are left out."""
+    process; yields the sim backend. Signals and the policy watcher are left out.
+    ``recording_bytes`` replaces the per-recording cap of the config file, whose largest
+    allowed value (1 GiB) is less than one fast run records, and the caps per domain and in
+    all become 16 times it: else finished recordings would be removed as soon as the
+    sessions end, before they can be checked."""
     from vpsshell.daemon.assembly import start_helper
     from vpsshell.daemon.config import load_config
 
-    helper = await start_helper(load_config(config_path))
+    config = load_config(config_path)
+    if recording_bytes is not None:
+        limits = dataclasses.replace(
+            config.limits,
+            console_recording_bytes=recording_bytes,
+            console_recordings_bytes_per_domain=16 * recording_bytes,
+            console_recordings_bytes=16 * recording_bytes,
+        )
+        config = dataclasses.replace(config, limits=limits)
+    helper = await start_helper(config)
     assert isinstance(helper.backend, SimBackend)
     try:
         yield helper.backend
@@ -346,6 +404,7 @@ class Readers:
 
 async def _produce(
     guest_write: Callable[[bytes], None],
+    data: bytes,
     readers: Readers,
     base: int,
     seconds: float,
@@ -353,7 +412,6 @@ async def _produce(
 ) -> int:
     """Guest output for ``seconds``, ``WINDOW_BYTES`` ahead of the slowest reader at most;
     returns the bytes written. Writes in whole ACK_BYTES blocks, so the last report is exact."""
-    data = bytes(range(256)) * (WRITE_BYTES // 256)
     block = ACK_BYTES // WRITE_BYTES
     produced = 0
     deadline = time.perf_counter() + seconds
@@ -373,17 +431,27 @@ async def _produce(
 
 
 async def _hub_throughput(
-    config_path: str, socket_path: str, clients: int, seconds: float, one_write_per_read: bool
+    config_path: str,
+    socket_path: str,
+    clients: int,
+    seconds: float,
+    one_write_per_read: bool,
+    recording_bytes: int | None,
+    data: bytes,
 ) -> float:
     readers = Readers()
     try:
-        async with helper_in_process(config_path) as backend:
+        async with helper_in_process(config_path, recording_bytes) as backend:
             guest = backend._by_name[DOMAIN].guest  # the sim guest's serial port
             await readers.start(socket_path, clients)
-            warm = await _produce(guest._write, readers, 0, WARMUP_SECONDS, one_write_per_read)
+            warm = await _produce(
+                guest._write, data, readers, 0, WARMUP_SECONDS, one_write_per_read
+            )
             await readers.wait_for(warm)
             started = time.perf_counter()
-            produced = await _produce(guest._write, readers, warm, seconds, one_write_per_read)
+            produced = await _produce(
+                guest._write, data, readers, warm, seconds, one_write_per_read
+            )
             await readers.wait_for(warm + produced)
             elapsed = time.perf_counter() - started
     finally:
@@ -392,12 +460,53 @@ async def _hub_throughput(
 
 
 def hub_throughput(
-    config_path: Path, socket_path: Path, clients: int, seconds: float, one_write_per_read: bool
-) -> float:
-    """MiB/s that every one of ``clients`` received (the aggregate is ``clients`` times it)."""
-    return asyncio.run(
-        _hub_throughput(str(config_path), str(socket_path), clients, seconds, one_write_per_read)
+    helper: Helper, clients: int, seconds: float, one_write_per_read: bool, data: bytes
+) -> tuple[float, int]:
+    """MiB/s that every one of ``clients`` received (the aggregate is ``clients`` times it),
+    and the size of the largest recording (0 with recordings off), checked to have run to
+    its end (``check_recordings``)."""
+    recordings = recordings_directory(helper)
+    rate = asyncio.run(
+        _hub_throughput(
+            str(helper.config),
+            str(helper.socket),
+            clients,
+            seconds,
+            one_write_per_read,
+            RECORDING_BYTES if recordings else None,
+            data,
+        )
     )
+    return rate, check_recordings(recordings, clients) if recordings else 0
+
+
+def recordings_directory(helper: Helper) -> str | None:
+    """Where ``helper`` records console sessions; None if it does not."""
+    from vpsshell.daemon.config import load_config
+
+    config = load_config(str(helper.config))
+    return config.recordings_path if config.console_recordings else None
+
+
+def check_recordings(directory: str, clients: int) -> int:
+    """The largest of the last run's ``clients`` recordings, each of which must end with its
+    "session ended" marker (a recording stopped at its size cap ends with another); then
+    the recordings are removed, so that runs do not fill the disk."""
+    names = [name for name in os.listdir(directory) if name.endswith(".cast")]
+    if len(names) != clients:
+        raise RuntimeError(f"{len(names)} recordings for {clients} sessions in {directory}")
+    largest = 0
+    for name in names:
+        path = os.path.join(directory, name)
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 4096))
+            last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        if b'"m", "session ended' not in last:
+            raise RuntimeError(f"recording {name} did not run to the end: {last[-200:]!r}")
+        largest = max(largest, size)
+        os.unlink(path)
+    return largest
 
 
 # -- keystroke round trips through a real vpsshelld ----------------------------------------
@@ -478,17 +587,36 @@ THROUGHPUT_RUNS = (
 )
 RAW_PTY = "raw pty, master -> raw slave"
 LATENCY_RUNS = (("vpsshelld + sim guest", 0), ("vpsshelld + sim guest, 10 watchers", 10))
+RECORDING_STATES = ("off", "on")  # console_recordings = false / true, same helper otherwise
+# Per recording in the "on" runs, instead of the default 8 MiB at which a recording stops:
+# a recording holds up to about 6 bytes per guest byte (bytes that are not UTF-8 become
+# "\ufffd", control characters "\u00XX"), and a coalesced run sends over 1 GiB.
+RECORDING_BYTES = 1 << 40
 
 
-def measure_throughput(helper: Helper, seconds: float, rounds: int) -> dict[str, list[float]]:
-    """MiB/s per run; the runs are interleaved, so every round sees the same machine load."""
+def run_label(label: str, recording: str) -> str:
+    return f"{label}, rec {recording}"
+
+
+def measure_throughput(
+    helpers: dict[str, Helper], seconds: float, rounds: int, data: bytes
+) -> tuple[dict[str, list[float]], int]:
+    """MiB/s per run, and the largest recording made. The runs are interleaved, so every round
+    sees the same machine load; recording off and on run back to back for each variant, in
+    turns first, so that neither always follows the other."""
     results: dict[str, list[float]] = {RAW_PTY: []}
-    for _ in range(rounds):
+    largest = 0
+    for round_number in range(rounds):
         results[RAW_PTY].append(pty_throughput(seconds))
         for label, clients, one_each in THROUGHPUT_RUNS:
-            value = hub_throughput(helper.config, helper.socket, clients, seconds, one_each)
-            results.setdefault(label, []).append(value)
-    return results
+            order = RECORDING_STATES if round_number % 2 == 0 else RECORDING_STATES[::-1]
+            for recording in order:
+                rate, recorded = hub_throughput(
+                    helpers[recording], clients, seconds, one_each, data
+                )
+                results.setdefault(run_label(label, recording), []).append(rate)
+                largest = max(largest, recorded)
+    return results, largest
 
 
 def cpu_seconds(pid: int) -> float:
@@ -531,23 +659,57 @@ def percentiles_ms(samples: list[float]) -> tuple[float, float]:
 
 def report_throughput(results: dict[str, list[float]]) -> None:
     raw = results[RAW_PTY]
-    clients = {label: count for label, count, _ in THROUGHPUT_RUNS}
+    clients = {
+        run_label(label, recording): count
+        for label, count, _ in THROUGHPUT_RUNS
+        for recording in RECORDING_STATES
+    }
     print(
-        f"\n  {'throughput, median of rounds (MiB/s)':<40} {'per client':>10} "
+        f"\n  {'throughput, median of rounds (MiB/s)':<48} {'per client':>10} "
         f"{'all clients':>11} {'range':>10} {'of raw':>6}"
     )
     shares = {}
-    for label, values in results.items():
+    for label in [RAW_PTY, *clients]:
+        values = results[label]
         shares[label] = statistics.median(v / r for v, r in zip(values, raw, strict=True))
         median = statistics.median(values)
         spread = f"{min(values):.0f}-{max(values):.0f}"
         total = median * clients.get(label, 1)
-        print(f"  {label:<40} {median:10.1f} {total:11.1f} {spread:>10} {shares[label]:6.0%}")
+        print(f"  {label:<48} {median:10.1f} {total:11.1f} {spread:>10} {shares[label]:6.0%}")
     worst = min(share for label, share in shares.items() if clients.get(label) == 1)
     verdict = "met" if worst >= TARGET_THROUGHPUT_SHARE else "MISSED"
     print(
         f"  target: 1 client >= {TARGET_THROUGHPUT_SHARE:.0%} of raw pty "
-        f"(worse variant: {worst:.0%}): {verdict}"
+        f"(worst run: {worst:.0%}): {verdict}"
+    )
+
+
+def report_recording_cost(results: dict[str, list[float]], largest: int) -> None:
+    """Recording on / off per variant: the median of each round's ratio (the two runs of a
+    round are back to back), and the range over the rounds."""
+    print(
+        f"\n  {'recording on / off (per client, MiB/s)':<40} {'off':>8} {'on':>8} "
+        f"{'on/off':>7} {'range':>11}"
+    )
+    worst = float("inf")
+    for label, _, _ in THROUGHPUT_RUNS:
+        off, on = (results[run_label(label, recording)] for recording in RECORDING_STATES)
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        ratio = statistics.median(ratios)
+        worst = min(worst, ratio)
+        spread = f"{min(ratios):.0%}-{max(ratios):.0%}"
+        print(
+            f"  {label:<40} {statistics.median(off):8.1f} {statistics.median(on):8.1f} "
+            f"{ratio:7.0%} {spread:>11}"
+        )
+    verdict = "met" if worst >= 1 - TARGET_RECORDING_COST else "MISSED"
+    print(
+        f"  target: recording on >= {1 - TARGET_RECORDING_COST:.0%} of off "
+        f"(worst variant: {worst:.0%}): {verdict}"
+    )
+    print(
+        f"  (per-recording cap raised to {RECORDING_BYTES / MIB:.0f} MiB for these runs; "
+        f"largest recording {largest / MIB:.0f} MiB, every one ran to its end marker)"
     )
 
 
@@ -577,6 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="per throughput run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--keys", type=int, default=5000, help="timed keys per latency run")
+    parser.add_argument(
+        "--output",
+        choices=sorted(GUEST_WRITES),
+        default="text",
+        help="what the guest prints in the throughput runs",
+    )
     parser.add_argument("--reader", nargs=3, metavar=("SOCKET", "OP", "DOMAIN"), help="internal")
     args = parser.parse_args(argv)
     if args.reader:
@@ -591,9 +759,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         # ten watchers of one user: more than the helper's default cap per user
         limits = "console_watchers_per_user = 16"
-        in_process = Helper(root / "in-process", policy, extra_limits=limits)
-        results = measure_throughput(in_process, args.seconds, args.rounds)
+        helpers = {
+            recording: Helper(
+                root / f"in-process-rec-{recording}",
+                policy,
+                extra_config=f"console_recordings = {'true' if recording == 'on' else 'false'}",
+                extra_limits=limits,
+            )
+            for recording in RECORDING_STATES
+        }
+        data = GUEST_WRITES[args.output]
+        results, largest = measure_throughput(helpers, args.seconds, args.rounds, data)
         report_throughput(results)
+        report_recording_cost(results, largest)
         separate = Helper(root / "vpsshelld", policy, extra_limits=limits)
         runs = measure_latency(separate, args.keys, args.keys // 10)
         report_latency(runs, args.keys)

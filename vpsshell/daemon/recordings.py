@@ -15,6 +15,11 @@ event: ``o`` output, ``i`` input, ``r`` a resize (``COLSxROWS``), ``m`` a marker
 ASCII (``\\u`` escapes for the rest), so a recording printed on a terminal shows as text and
 never acts on it.
 
+Recording must not slow a console down (``bench/console.py`` measures it): a chunk of output is
+decoded and escaped once for all the sessions of a hub that record it (only the time at the
+head of each line differs), and lines are written in batches (``FLUSH_BYTES``, at most
+``FLUSH_SECONDS`` late), so a helper that dies loses that much of the end of its recordings.
+
 Bounds: a recording stops growing at ``console_recording_bytes`` (a marker says so); the
 recordings of one domain UUID at ``console_recordings_bytes_per_domain`` and all of them at
 ``console_recordings_bytes``, by removing the oldest finished ones (a tenant who floods their
@@ -36,6 +41,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from vpsshell import protocol
@@ -50,6 +56,9 @@ HEADER_MAX_BYTES = 4096  # a header longer than this is not one of ours
 DEFAULT_SIZE = (24, 80)  # rows, cols: a session without a terminal (ssh without -t)
 MAX_DIMENSION = 10000
 SEND_CHUNK_BYTES = 32 * 1024
+FLUSH_BYTES = 64 * 1024  # a recording writes its lines once this much is pending,
+FLUSH_SECONDS = 0.05  # or this long after the first of them
+FLUSH_PARTS = 512  # or at this many parts (os.writev takes at most IOV_MAX, 1024 on Linux)
 SEND_SECONDS = 600.0  # a download slower than this is cut off: a connection is not kept forever
 
 
@@ -107,35 +116,71 @@ class Recording:
         self._start = clock()
         self._output = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._input = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending: list[bytes] = []  # lines not written yet, in parts
+        self._pending_bytes = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def _event(self, code: str, text: str) -> None:
-        if self._fd is None or not text:
-            return
+        if self._fd is not None and text:
+            self._append(code, _event_tail(text))
+
+    def _append(self, code: str, tail: bytes) -> None:
+        """One event line, ``json.dumps([seconds, code, text])`` byte for byte, written as its
+        head (the time and the code) and ``tail`` (``_event_tail(text)``)."""
         elapsed = round(self._clock() - self._start, 6)
-        line = (json.dumps([elapsed, code, text]) + "\n").encode()
-        if self.info.size + len(line) > self._max_bytes:
+        head = f'[{elapsed!r}, "{code}", '.encode()
+        size = len(head) + len(tail)
+        if self.info.size + self._pending_bytes + size > self._max_bytes:
             note = json.dumps([elapsed, "m", "recording stopped: size limit reached"]) + "\n"
-            self._write(note.encode())
+            self._queue(note.encode())
             self._finish()
             return
-        self._write(line)
+        self._queue(head, tail)
 
-    def _write(self, line: bytes) -> None:
-        assert self._fd is not None
+    def _queue(self, *parts: bytes) -> None:
+        """Lines are written ``FLUSH_BYTES`` at a time, or ``FLUSH_SECONDS`` after the first
+        of them at the latest: a write per event would cost a console with many watchers a
+        system call per watcher for each chunk of output."""
+        self._pending.extend(parts)
+        self._pending_bytes += sum(len(part) for part in parts)
+        if self._pending_bytes >= FLUSH_BYTES or len(self._pending) >= FLUSH_PARTS:
+            self._flush()
+        elif self._flush_timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not in the helper's loop: nothing would flush it later
+                self._flush()
+                return
+            self._flush_timer = loop.call_later(FLUSH_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        parts, size = self._pending, self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        if self._fd is None or not parts:
+            return
         try:
-            os.write(self._fd, line)
+            written = os.writev(self._fd, parts)
+            if written != size:  # the disk is full: the rest would be a broken line
+                raise OSError(f"wrote {written} of {size} bytes")
         except OSError as exc:
             log.error("cannot write console recording %s: %s", self.info.id, exc)
             self._finish()
             return
-        self.info.size += len(line)
-        self.store.grew(self.info, len(line))
+        self.info.size += written
+        self.store.grew(self.info, written)
 
     def write_header(self, header: dict[str, Any]) -> None:
-        self._write((json.dumps(header) + "\n").encode())
+        self._queue((json.dumps(header) + "\n").encode())
+        self._flush()  # a recording on disk starts with its header, for those who list them
 
     def output(self, data: bytes) -> None:
-        self._event("o", self._output.decode(data))
+        if self._fd is not None:
+            tail = self.store.output_tail(self._output, data)
+            if tail is not None:
+                self._append("o", tail)
 
     def input(self, data: bytes) -> None:
         if self._record_input:
@@ -148,6 +193,7 @@ class Recording:
         self._event("m", text)
 
     def _finish(self) -> None:
+        self._flush()
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
@@ -160,6 +206,12 @@ class Recording:
         self._event("o", self._output.decode(b"", final=True))
         self.marker(f"session ended: {reason}")
         self._finish()
+
+
+def _event_tail(text: str) -> bytes:
+    """The end of an event line after its time and code: ``text`` as an ASCII JSON string
+    (``json.dumps`` escapes it with this very function), ``]`` and the newline."""
+    return (encode_basestring_ascii(text) + "]\n").encode()
 
 
 def _size(rows: int | None, cols: int | None) -> tuple[int, int]:
@@ -189,6 +241,29 @@ class RecordingStore:
         self._total = 0
         self._per_uuid: dict[str, int] = {}
         self._failed = False
+        # The last output chunk: (chunk, decoder state before, state after, its event tail)
+        self._last_output: tuple[bytes, tuple[bytes, int], tuple[bytes, int], bytes | None] = (
+            b"",
+            (b"", 0),
+            (b"", 0),
+            None,
+        )
+
+    def output_tail(self, decoder: codecs.IncrementalDecoder, data: bytes) -> bytes | None:
+        """``_event_tail`` of what ``decoder`` makes of ``data`` (None if nothing), decoded and
+        escaped once for every recording of a hub: the hub hands the same chunk to each of its
+        sessions' recordings in turn. What a UTF-8 decoder returns depends only on the chunk and
+        the decoder's state (the incomplete character it holds), so a recording whose decoder
+        is in the state of the previous one takes the same text and the same state after."""
+        state = decoder.getstate()
+        chunk, before, after, tail = self._last_output
+        if chunk is data and before == state:
+            decoder.setstate(after)
+            return tail
+        text = decoder.decode(data)
+        tail = _event_tail(text) if text else None
+        self._last_output = (data, state, decoder.getstate(), tail)
+        return tail
 
     # the index
 
