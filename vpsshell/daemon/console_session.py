@@ -14,10 +14,9 @@ them cannot hog the helper. While it waits the helper still notices a client tha
 then stops typing what it left behind.
 
 A client that is there but silent (its machine gone without closing the connection, a process
-stopped or stuck) is found by pings: one at the start and every ``session_ping_seconds``, each
-answered at once with a ``pong``. Any frame from the client counts as an answer; after
-``session_ping_misses`` intervals without one the session ends (``no-answer``) and the writer's
-slot is free. The ping carries both numbers, so the client knows how long it may hear nothing.
+stopped or stuck) is found by pings (``keepalive``): any frame from the client counts as an
+answer; after ``session_ping_misses`` intervals without one the session ends (``no-answer``)
+and the writer's slot is free.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import time
 
 from vpsshell import protocol
 from vpsshell.daemon.consoles import Attachment, ConsoleHub, InputBudget
+from vpsshell.daemon.keepalive import Heard, keep_alive
 from vpsshell.daemon.recordings import MAX_DIMENSION
 
 DRAIN_SECONDS = 2.0
@@ -67,32 +67,6 @@ def window_size(untrusted: dict[str, object]) -> tuple[int, int] | None:
     return None
 
 
-class _Heard:
-    """When the client was last heard from (any frame)."""
-
-    def __init__(self) -> None:
-        self.last = time.monotonic()
-
-
-async def _keep_alive(
-    heard: _Heard, writer: asyncio.StreamWriter, seconds: float, misses: int
-) -> None:
-    """Ping every ``seconds``; returns once the client has said nothing for ``misses`` of them.
-    The pings are written without waiting for a drain: a client that stops reading must not
-    stop this loop, and a few bytes each interval cannot pile up to anything."""
-    bound = seconds * misses
-    ping = protocol.encode_message(protocol.ping(seconds, misses))
-    next_ping = time.monotonic()
-    while True:
-        now = time.monotonic()
-        if now - heard.last >= bound:
-            return
-        if now >= next_ping:
-            writer.write(ping)
-            next_ping = now + seconds
-        await asyncio.sleep(min(next_ping, heard.last + bound) - now)
-
-
 async def _send_loop(attachment: Attachment, writer: asyncio.StreamWriter) -> None:
     while frames := await attachment.next_frames():
         writer.write(b"".join(frames))
@@ -105,7 +79,7 @@ async def _receive_loop(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     budget: InputBudget,
-    heard: _Heard,
+    heard: Heard,
 ) -> str:
     """Returns why the client side ended: ``detached``, ``disconnected`` or
     ``protocol-error``."""
@@ -118,7 +92,7 @@ async def _receive_loop(
             return "protocol-error"
         if frame is None:
             return "disconnected"
-        heard.last = time.monotonic()
+        heard.now()
         frame_type, payload = frame
         # every byte counts, a watcher's too (its keystrokes go nowhere, but reading costs)
         delay = budget.charge(protocol.HEADER.size + len(payload))
@@ -150,12 +124,12 @@ async def run_console_session(
 ) -> None:
     attachment.session_started = True
     budget = hub.input_budget(attachment.caller.uid)
-    heard = _Heard()
+    heard = Heard()
     limits = hub.limits
     sender = asyncio.create_task(_send_loop(attachment, writer))
     receiver = asyncio.create_task(_receive_loop(attachment, hub, reader, writer, budget, heard))
     pinger = asyncio.create_task(
-        _keep_alive(heard, writer, limits.session_ping_seconds, limits.session_ping_misses)
+        keep_alive(heard, writer, limits.session_ping_seconds, limits.session_ping_misses)
     )
     try:
         done, _ = await asyncio.wait(

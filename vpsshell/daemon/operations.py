@@ -450,7 +450,7 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
     if follower is not None:
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await run_events_session(follower, shown, reader, writer)
+            await run_events_session(follower, shown, reader, writer, api.limits)
 
         return ReplyThenSession(result, session)
     return result

@@ -9,12 +9,19 @@ course). Its input is never read, and its end does not end the follow: like ``ta
 may run with ``ssh -n`` or as a background job whose stdin is /dev/null. An end the tenant did
 not ask for (the helper's reason, a lost connection) is raised as a ``VpsError``, for
 ``outcome.conclude`` to show and map like any other.
+
+The helper pings (``{"event": "ping"}``) at the start and every ``seconds``; each ping is
+answered at once with a ``pong``, or the helper drops this follower. Nothing at all from the
+helper (no event, no ping) for ``seconds`` times ``misses`` (the ping says both) means it has
+stopped answering: that ends the follow as ``Unavailable`` (exit 69). A helper that never
+pings is never taken for gone: a quiet domain may have no event for days.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,8 +67,45 @@ def run_follow(
     return code
 
 
+class _Silence:
+    """How long the helper has been silent, against the bound its last ping gave."""
+
+    def __init__(self) -> None:
+        self.last_heard = time.monotonic()
+        self.bound: float | None = None  # None: never pinged, never taken for gone
+
+    def heard(self) -> None:
+        self.last_heard = time.monotonic()
+
+    def wait_ms(self) -> int | None:
+        """How long ``poll`` may wait for the helper: None, for ever (never pinged); 0 once the
+        bound is over (what is already there is still read before ``check``)."""
+        if self.bound is None:
+            return None
+        left = self.last_heard + self.bound - time.monotonic()
+        return max(0, int(left * 1000) + 1)
+
+    def check(self) -> None:
+        """Raises ``Unavailable`` once the helper has been silent for the whole bound."""
+        bound = self.bound
+        if bound is not None and time.monotonic() - self.last_heard >= bound:
+            raise Unavailable(
+                f"the vpsshell helper stopped answering (nothing from it for {bound:g} s)"
+            )
+
+
+def _answer_ping(sock: socket.socket) -> None:
+    """A pong, at once. A helper that already closed its side is no error here: the reason it
+    closed, or the end of the connection, is still to be read."""
+    try:
+        sock.sendall(protocol.encode_message(protocol.pong()))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
     reader = protocol.FrameReader()
+    silence = _Silence()
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     try:
@@ -72,11 +116,12 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
         poller.register(stdout_fd, 0)  # only POLLERR/POLLHUP: the reader has gone
     sock.settimeout(None)
     while True:
-        events = dict(poller.poll())
+        events = dict(poller.poll(silence.wait_ms()))
         if stdout_fd is not None and events.get(stdout_fd, 0) & GONE:
             silence_stdout()
             return ExitCode.OK
         if sock.fileno() not in events:
+            silence.check()
             continue
         try:
             chunk = sock.recv(65536)
@@ -85,6 +130,7 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
             raise Unavailable(f"lost the connection to the vpsshell helper: {exc}") from None
         if not chunk:
             raise Unavailable("the vpsshell helper closed the connection")
+        silence.heard()
         for frame_type, payload in frames:
             if frame_type != protocol.FRAME_MESSAGE:
                 continue
@@ -95,6 +141,9 @@ def _stream(sock: socket.socket, env: Environment, as_json: bool) -> ExitCode:
             event = protocol.session_event(message)
             if event == protocol.EVENT_RECORD:
                 render.show_event(message.get("record"), env, as_json=as_json)
+            elif event == protocol.EVENT_PING:
+                silence.bound = protocol.silence_bound(message)
+                _answer_ping(sock)
             elif event == protocol.EVENT_CLOSED:
                 ended = session_end(str(message.get("reason", "")), str(message.get("text") or ""))
                 if ended is not None:

@@ -126,9 +126,9 @@ class DomainWatch:
     @contextlib.asynccontextmanager
     async def _request(
         self, op: str, args: dict[str, Any]
-    ) -> AsyncIterator[tuple[Any, asyncio.StreamReader]]:
-        """One request on a new connection: its result, and the reader for what the helper
-        sends after the reply. The connection is closed on leaving; failures are VpsErrors."""
+    ) -> AsyncIterator[tuple[Any, asyncio.StreamReader, asyncio.StreamWriter]]:
+        """One request on a new connection: its result, and the reader and writer for the
+        session after the reply. The connection is closed on leaving; failures are VpsErrors."""
         writer: asyncio.StreamWriter | None = None
         try:
             try:
@@ -145,7 +145,7 @@ class DomainWatch:
                 if writer is None and isinstance(exc, OSError):
                     raise unreachable(self.path, exc) from None
                 raise Unavailable(f"lost the connection to the vpsshell helper: {exc}") from None
-            yield result, reader
+            yield result, reader, writer
         finally:
             if writer is not None:
                 writer.close()
@@ -154,7 +154,7 @@ class DomainWatch:
     async def refresh(self) -> bool:
         """Ask the helper for ``list`` once; True if anything visible changed."""
         try:
-            async with self._request("list", {}) as (untrusted, _):
+            async with self._request("list", {}) as (untrusted, _, _):
                 fresh = Snapshot(_domains(untrusted))
         except VpsError as exc:
             fresh = Snapshot(self.snapshot.domains, exc.message)
@@ -162,8 +162,11 @@ class DomainWatch:
         self.snapshot = fresh
         return changed
 
-    async def _read_events(self, reader: asyncio.StreamReader) -> None:
-        """Wake the refresh for every event, until the helper ends the stream or it is lost."""
+    async def _read_events(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Wake the refresh for every event, until the helper ends the stream or it is lost;
+        answer each ping at once (the helper drops a follower that does not)."""
         while True:
             try:
                 untrusted = await _next_message(reader)
@@ -172,6 +175,8 @@ class DomainWatch:
             event = protocol.session_event(untrusted)
             if event == protocol.EVENT_CLOSED:
                 return
+            if event == protocol.EVENT_PING:
+                writer.write(protocol.encode_message(protocol.pong()))
             if event == protocol.EVENT_RECORD:
                 self._events_waiting = True
                 self._wake.set()
@@ -189,10 +194,10 @@ class DomainWatch:
         while True:
             opened = time.monotonic()
             try:
-                async with self._request("events", FOLLOW_ARGS) as (_, reader):
+                async with self._request("events", FOLLOW_ARGS) as (_, reader, writer):
                     self._stream_up(True)
                     try:
-                        await self._read_events(reader)
+                        await self._read_events(reader, writer)
                     finally:
                         self._stream_up(False)
             except (UsageError, Denied):
