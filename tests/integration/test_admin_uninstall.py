@@ -181,8 +181,9 @@ def test_quiet_login_skips_pam_motd_for_the_tenants_group(host: Path) -> None:
     offered = admin(host, "install", "--sshd")
     assert "PrintLastLog" in offered.stderr and "--quiet-login" in offered.stderr, offered
     assert (host / "etc/pam.d/sshd").read_text() == DEBIAN_PAM_SSHD  # only offered
-    done = admin(host, "install", "--sshd", "--quiet-login")
+    done = admin(host, "install", "--quiet-login")  # later, without --sshd
     assert done.returncode == 0, done
+    assert "unchanged      /etc/ssh/sshd_config.d/vpsshell.conf" in done.stdout  # not "skipped"
     lines = (host / "etc/pam.d/sshd").read_text().splitlines()
     skip = lines.index(
         "session [success=2 default=ignore] pam_succeed_if.so quiet user ingroup vpsshell"

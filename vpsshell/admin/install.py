@@ -422,8 +422,10 @@ def cmd_install(
         local = layout.local_policy()
         installer.file(local.path, local.content, 0o644, ours=False)
 
+    # without --sshd, a snippet an earlier --sshd installed is reported like the others
+    skip_snippet = not sshd and not os.path.lexists(installer.at(SSHD_SNIPPET))
     for shipped in system_files:
-        if shipped.path == SSHD_SNIPPET and not sshd:
+        if shipped.path == SSHD_SNIPPET and skip_snippet:
             installer.report("skipped", SSHD_SNIPPET, "add --sshd to install it")
             continue
         installer.file(shipped.path, shipped.content, 0o644, ours=False, source=shipped.source)
