@@ -15,6 +15,7 @@ still be in the group, and logs are records; only the helper's own diagnostic lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -31,6 +32,7 @@ from vpsshell.admin.install import (
     update_man_index,
 )
 from vpsshell.admin.launcher import LAUNCHER_MARK
+from vpsshell.admin.policydir import LOCK_NAME
 from vpsshell.daemon.main import FALLBACK_LOG_NAME
 
 
@@ -104,10 +106,15 @@ class Remover:
             self.report("absent", path)
             return
         left = [
-            name for name in sorted(os.listdir(target)) if os.path.join(path, name) not in self.gone
+            name
+            for name in sorted(os.listdir(target))
+            if os.path.join(path, name) not in self.gone and name != LOCK_NAME
         ]
         if not left:
             if not self.installer.dry_run:
+                # the admin tool's lock file, left by every policy change, is not the admin's
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(target, LOCK_NAME))
                 os.rmdir(target)
             self.report("removed", path)
         elif purgeable and self.purge:
