@@ -56,6 +56,7 @@ HEADER_MAX_BYTES = 4096  # a header longer than this is not one of ours
 DEFAULT_SIZE = (24, 80)  # rows, cols: a session without a terminal (ssh without -t)
 MAX_DIMENSION = 10000
 SEND_CHUNK_BYTES = 32 * 1024
+EVENT_END = b"]\n"
 FLUSH_BYTES = 64 * 1024  # a recording writes its lines once this much is pending,
 FLUSH_SECONDS = 0.05  # or this long after the first of them
 FLUSH_PARTS = 512  # or at this many parts (os.writev takes at most IOV_MAX, 1024 on Linux)
@@ -122,20 +123,20 @@ class Recording:
 
     def _event(self, code: str, text: str) -> None:
         if self._fd is not None and text:
-            self._append(code, _event_tail(text))
+            self._append(code, _json_string(text))
 
-    def _append(self, code: str, tail: bytes) -> None:
+    def _append(self, code: str, string: bytes) -> None:
         """One event line, ``json.dumps([seconds, code, text])`` byte for byte, written as its
-        head (the time and the code) and ``tail`` (``_event_tail(text)``)."""
+        head (the time and the code), ``string`` (``_json_string(text)``) and its end."""
         elapsed = round(self._clock() - self._start, 6)
         head = f'[{elapsed!r}, "{code}", '.encode()
-        size = len(head) + len(tail)
+        size = len(head) + len(string) + len(EVENT_END)
         if self.info.size + self._pending_bytes + size > self._max_bytes:
             note = json.dumps([elapsed, "m", "recording stopped: size limit reached"]) + "\n"
             self._queue(note.encode())
             self._finish()
             return
-        self._queue(head, tail)
+        self._queue(head, string, EVENT_END)
 
     def _queue(self, *parts: bytes) -> None:
         """Lines are written ``FLUSH_BYTES`` at a time, or ``FLUSH_SECONDS`` after the first
@@ -178,9 +179,9 @@ class Recording:
 
     def output(self, data: bytes) -> None:
         if self._fd is not None:
-            tail = self.store.output_tail(self._output, data)
-            if tail is not None:
-                self._append("o", tail)
+            string = self.store.output_string(self._output, data)
+            if string is not None:
+                self._append("o", string)
 
     def input(self, data: bytes) -> None:
         if self._record_input:
@@ -208,10 +209,10 @@ class Recording:
         self._finish()
 
 
-def _event_tail(text: str) -> bytes:
-    """The end of an event line after its time and code: ``text`` as an ASCII JSON string
-    (``json.dumps`` escapes it with this very function), ``]`` and the newline."""
-    return (encode_basestring_ascii(text) + "]\n").encode()
+def _json_string(text: str) -> bytes:
+    """``text`` as an ASCII JSON string, as ``json.dumps`` escapes it (with this very
+    function)."""
+    return encode_basestring_ascii(text).encode("ascii")
 
 
 def _size(rows: int | None, cols: int | None) -> tuple[int, int]:
@@ -241,7 +242,7 @@ class RecordingStore:
         self._total = 0
         self._per_uuid: dict[str, int] = {}
         self._failed = False
-        # The last output chunk: (chunk, decoder state before, state after, its event tail)
+        # The last output chunk: (chunk, decoder state before, state after, its JSON string)
         self._last_output: tuple[bytes, tuple[bytes, int], tuple[bytes, int], bytes | None] = (
             b"",
             (b"", 0),
@@ -249,21 +250,21 @@ class RecordingStore:
             None,
         )
 
-    def output_tail(self, decoder: codecs.IncrementalDecoder, data: bytes) -> bytes | None:
-        """``_event_tail`` of what ``decoder`` makes of ``data`` (None if nothing), decoded and
+    def output_string(self, decoder: codecs.IncrementalDecoder, data: bytes) -> bytes | None:
+        """``_json_string`` of what ``decoder`` makes of ``data`` (None if nothing), decoded and
         escaped once for every recording of a hub: the hub hands the same chunk to each of its
         sessions' recordings in turn. What a UTF-8 decoder returns depends only on the chunk and
         the decoder's state (the incomplete character it holds), so a recording whose decoder
         is in the state of the previous one takes the same text and the same state after."""
         state = decoder.getstate()
-        chunk, before, after, tail = self._last_output
+        chunk, before, after, string = self._last_output
         if chunk is data and before == state:
             decoder.setstate(after)
-            return tail
+            return string
         text = decoder.decode(data)
-        tail = _event_tail(text) if text else None
-        self._last_output = (data, state, decoder.getstate(), tail)
-        return tail
+        string = _json_string(text) if text else None
+        self._last_output = (data, state, decoder.getstate(), string)
+        return string
 
     # the index
 
