@@ -43,6 +43,8 @@ DOM0_PACKAGES = (
     "openssh-server",
     "iproute2",
     "bridge-utils",  # Xen's vif-bridge hotplug script
+    "nftables",  # the shipped anti-spoofing hook's rules on the guests' vifs
+    "tcpdump",  # captures on xenbr0: what the guests' frames look like when they reach dom0
     "kmod",
     "procps",
     "busybox-static",  # dom0's init, and the guests' whole user space

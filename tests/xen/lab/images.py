@@ -39,7 +39,8 @@ HERE = Path(__file__).resolve().parent
 FILES = HERE / "files"
 
 # Kernel modules dom0 loads (their dependencies come along): Xen's back ends, the bridge for
-# guests' vifs, QEMU's e1000 NIC and the virtio-9p share.
+# guests' vifs and nftables on it (the bridge family is built into nf_tables), QEMU's e1000
+# NIC and the virtio-9p share.
 DOM0_MODULES = [
     "xenfs",
     "xen-evtchn",
@@ -50,6 +51,8 @@ DOM0_MODULES = [
     "xen-netback",
     "loop",
     "bridge",
+    "crc32c_generic",  # libcrc32c (nf_tables needs it) asks the crypto API for crc32c
+    "nf_tables",
     "tun",
     "e1000",
     "virtio_pci",
