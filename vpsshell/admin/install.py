@@ -43,6 +43,7 @@ SHIPPED = {
     "systemd/vpsshelld.socket": "share/vpsshell/systemd/vpsshelld.socket",
     "sshd/vpsshell.conf": "share/vpsshell/sshd/vpsshell.conf",
     "logrotate/vpsshell": "share/vpsshell/logrotate/vpsshell",
+    "hooks/antispoof": "share/vpsshell/hooks/antispoof",
     "man/vpsshell.1": "share/man/man1/vpsshell.1",
     "man/vpsshell-policy.5": "share/man/man5/vpsshell-policy.5",
     "man/vpsshelld.8": "share/man/man8/vpsshelld.8",
@@ -277,6 +278,12 @@ class Layout:
         """The helper's link in ``sbin``: what the unit runs, and what to run without one."""
         return os.path.join(self.prefix, "sbin", "vpsshelld")
 
+    @property
+    def antispoof_hook(self) -> str:
+        """The shipped anti-spoofing hook: outside ``hooks_dir``, so nothing runs it until the
+        admin enables it there (README, "Network protection")."""
+        return os.path.join(self.prefix, "share", "vpsshell", "hooks", "antispoof")
+
     def directories(self) -> list[str]:
         """In the order they are created (parents first)."""
         return [
@@ -441,6 +448,9 @@ def cmd_install(
     pages_changed = installer.changed != pages_changed
 
     installer.file(layout.shell_path, launcher_text().encode(), 0o755, ours=True)
+    antispoof = _shipped_bytes("hooks/antispoof")
+    if antispoof is not None:
+        installer.file(layout.antispoof_hook, antispoof, 0o755, ours=True)
     for link, points_to in layout.links():
         installer.symlink(link, points_to)
     installer.line(SHELLS, layout.shell_path)

@@ -214,6 +214,12 @@ def cmd_uninstall(
     for path, _ in layout.man_pages():
         remover.program_file(path)
     remover.program_file(layout.shell_path, mark=LAUNCHER_MARK.encode())
+    remover.program_file(layout.antispoof_hook)
+    for directory in (
+        os.path.dirname(layout.antispoof_hook),
+        os.path.dirname(os.path.dirname(layout.antispoof_hook)),
+    ):
+        remover.directory(directory, purgeable=False)
     for link, points_to in layout.links():
         remover.link(link, points_to)
     remover.shells_line(layout.shell_path)
