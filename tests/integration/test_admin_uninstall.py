@@ -20,7 +20,7 @@ import pytest
 from harness import BIN
 
 from vpsshell.admin.context import AdminContext
-from vpsshell.admin.install import update_man_index
+from vpsshell.admin.install import man_dir_aliases, update_man_index
 from vpsshell.daemon.config import DaemonConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +208,23 @@ def test_the_man_index_is_updated_so_whatis_finds_the_pages(open_dir: Path) -> N
         ["whatis", "-M", str(man_dir), "vpsshell-admin"], capture_output=True, text=True
     )
     assert found.returncode == 0 and "vpsshell-admin (8)" in found.stdout, found
+
+
+def test_every_name_man_db_knows_the_man_directory_by_is_indexed(open_dir: Path) -> None:
+    # Debian: /usr/local/man -> share/man, first in root's manpath with an index of its own
+    real = open_dir / "share/man"
+    real.mkdir(parents=True)
+    (open_dir / "man").symlink_to("share/man")
+    link = f"{open_dir}/man"
+    config = (
+        f"MANDATORY_MANPATH\t\t\t{real}\n"
+        f"MANPATH_MAP\t/usr/local/bin\t\t{link}\n"
+        f"MANPATH_MAP\t/usr/local/bin\t\t{real}\n"
+        f"MANDB_MAP\t{link}\t\t/var/cache/man/oldlocal\n"
+        f"MANDB_MAP\t{real}\t/var/cache/man/local\n"
+        "MANDB_MAP\t/usr/share/man\t\t/var/cache/man\n"
+        "# MANDB_MAP\t/elsewhere\n"
+    )
+    assert man_dir_aliases(str(real), config) == [link]
+    assert man_dir_aliases(link, config) == [str(real)]
+    assert man_dir_aliases("/usr/share/man", config) == []

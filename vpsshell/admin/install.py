@@ -386,8 +386,31 @@ def quiet_login_pam(installer: Installer, group: str) -> None:
         installer.report("updated", quiet_login.PAM_SSHD, f"pam_motd skipped for group {group}")
 
 
+MANPATH_CONFIG = "/etc/manpath.config"
+
+
+def man_dir_aliases(man_dir: str, manpath_config: str) -> list[str]:
+    """Other names of ``man_dir`` in man-db's config, each with an index of its own. Debian's
+    ``/usr/local/man`` is a link to ``share/man`` and comes first in root's manpath, so
+    whatis reads its index (``/var/cache/man/oldlocal``), not the one of ``share/man``."""
+    named: dict[str, None] = {}  # in the config's order, once each
+    for line in manpath_config.splitlines():
+        match line.split():
+            case ["MANDATORY_MANPATH" | "MANDB_MAP", directory, *_]:
+                named[directory] = None
+            case ["MANPATH_MAP", _, directory, *_]:
+                named[directory] = None
+    real = os.path.realpath(man_dir)
+    return [
+        directory
+        for directory in named
+        if directory != man_dir and os.path.realpath(directory) == real
+    ]
+
+
 def update_man_index(ctx: AdminContext, root: str, man_dir: str) -> None:
-    """Let apropos and whatis find the pages: run mandb on ``man_dir``, or say to."""
+    """Let apropos and whatis find the pages: run mandb on ``man_dir`` (and on each other name
+    man-db knows it by), or say to."""
     mandb = shutil.which("mandb")
     if root != "/":
         ctx.note("note: run `mandb` on the installed system so apropos and whatis find the pages")
@@ -395,11 +418,17 @@ def update_man_index(ctx: AdminContext, root: str, man_dir: str) -> None:
     if mandb is None:
         ctx.note("note: no mandb here; update the man page index so apropos finds the pages")
         return
-    done = subprocess.run([mandb, "-q", man_dir], capture_output=True, text=True)
-    if done.returncode != 0:
-        ctx.note(f"warning: mandb {man_dir} failed: {done.stderr.strip()}")
-    else:
-        ctx.out(f"{'indexed':<14} {man_dir} (mandb)")
+    try:
+        with open(MANPATH_CONFIG, encoding="utf-8") as fh:
+            aliases = man_dir_aliases(man_dir, fh.read())
+    except OSError:
+        aliases = []
+    for directory in [man_dir, *aliases]:
+        done = subprocess.run([mandb, "-q", directory], capture_output=True, text=True)
+        if done.returncode != 0:
+            ctx.note(f"warning: mandb {directory} failed: {done.stderr.strip()}")
+        else:
+            ctx.out(f"{'indexed':<14} {directory} (mandb)")
 
 
 def cmd_install(
