@@ -257,12 +257,12 @@ def progress(request_id: int, text: str) -> dict[str, Any]:
 EVENT_NOTICE = "notice"  # console: a line for the tenant ("alice attached", ...)
 EVENT_RECORD = "record"  # events --follow: one event record
 EVENT_CLOSED = "closed"  # either session: the last message, with why it ended
-EVENT_PING = "ping"  # console: "are you there?", at the start and every ``seconds``
+EVENT_PING = "ping"  # console, events: "are you there?", at the start and every ``seconds``
 SESSION_EVENTS = (EVENT_NOTICE, EVENT_RECORD, EVENT_CLOSED, EVENT_PING)
 # the client's (an "op" without an id: never answered)
 OP_DETACH = "detach"  # either session: end it
 OP_RESIZE = "resize"  # console: the tenant's window size (serial consoles ignore it)
-OP_PONG = "pong"  # console: the answer to a ping, sent at once
+OP_PONG = "pong"  # console, events: the answer to a ping, sent at once
 SESSION_OPS = (OP_DETACH, OP_RESIZE, OP_PONG)
 
 

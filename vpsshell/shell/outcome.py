@@ -55,6 +55,7 @@ SESSION_ENDS: dict[str, type[VpsError] | None] = {
     "takeover": TemporaryFailure,
     "too-slow": TemporaryFailure,
     "time-limit": TemporaryFailure,
+    "no-answer": TemporaryFailure,  # this client was stopped too long (a suspended ssh)
     "revoked": Denied,
     "kicked": Denied,
     "helper-stopping": Unavailable,
