@@ -136,6 +136,20 @@ def _kick(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     return cmd_kick(ctx, args.id, args.user)
 
 
+def _console_url(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin.console_url import cmd_console_url
+
+    return cmd_console_url(
+        ctx,
+        args.user,
+        args.domain,
+        watch=args.watch,
+        takeover=args.takeover,
+        seconds=args.ttl,
+        as_json=args.json,
+    )
+
+
 def _hosts(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.hosts import cmd_hosts
 
@@ -310,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     kick = command(sub, "kick", "end console sessions (by ID, or all of a user's)", _kick)
     kick.add_argument("id", nargs="?", type=int, metavar="ID", help="a session ID from sessions")
     kick.add_argument("--user", metavar="USER", help="every console session of USER")
+
+    url = command(
+        sub, "console-url", "a one-time browser console link for USER (panels)", _console_url
+    )
+    url.add_argument("user", metavar="USER")
+    url.add_argument("domain", metavar="DOMAIN")
+    url_mode = url.add_mutually_exclusive_group()
+    url_mode.add_argument("--watch", action="store_true", help="a link to watch only")
+    url_mode.add_argument(
+        "--takeover", action="store_true", help="the page takes the console from its writer"
+    )
+    url.add_argument(
+        "--ttl", type=_seconds, metavar="S", help="valid S seconds (the helper's default: 60)"
+    )
+    url.add_argument("--json", action="store_true", help="print JSON (url, user, expiry...)")
 
     hosts = command(sub, "hosts", "the gateway's hosts: connected, lost since, domains", _hosts)
     hosts.add_argument("--json", action="store_true", help="print JSON")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pwd
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,10 +25,11 @@ from vpsshell.daemon.audit import AuditLog
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.consoles import ConsoleManager
 from vpsshell.daemon.operation import Operations, request_id_of
-from vpsshell.daemon.peer import Caller
+from vpsshell.daemon.peer import Caller, resolve_caller
 from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.server import Answer
-from vpsshell.errors import ActionFailed, UsageError, VpsError
+from vpsshell.daemon.web_tokens import NEEDS_CONFIRMATION, ConsoleLinks
+from vpsshell.errors import ActionFailed, Denied, UsageError, VpsError
 
 log = logging.getLogger("vpsshell.admin")
 
@@ -48,7 +50,9 @@ class AdminApi:
         audit: AuditLog,
         consoles: ConsoleManager,
         limits: Limits | None = None,
+        links: ConsoleLinks | None = None,
     ) -> None:
+        self.links = links
         self.consoles = consoles
         self.backend = backend
         self.policy = policy
@@ -183,4 +187,70 @@ async def op_migrate(api: AdminApi, args: dict[str, Any]) -> Any:
         "domain": moved.to_json(),
         "from": info.host,
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _console_url_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    user, domain = untrusted.get("user"), untrusted.get("domain")
+    watch, takeover = untrusted.get("watch", False), untrusted.get("takeover", False)
+    seconds = untrusted.get("seconds", limits.web_token_seconds)
+    if not isinstance(user, str) or not user or len(user) > 256:
+        raise UsageError("console-url: a user name is needed")
+    if not is_domain_name(domain):
+        raise UsageError("console-url: a domain name is needed")
+    if not isinstance(watch, bool) or not isinstance(takeover, bool) or (watch and takeover):
+        raise UsageError("console-url: watch or takeover, true or false, not both")
+    high = limits.web_token_max_seconds
+    if type(seconds) is not int or not 1 <= seconds <= high:
+        raise UsageError(f"console-url: the link lives 1 to {high} seconds")
+    mode = "watch" if watch else "write"
+    return {"user": user, "domain": domain, "mode": mode, "takeover": takeover, "seconds": seconds}
+
+
+@operation("console-url", args=_console_url_args)
+async def op_console_url(api: AdminApi, args: dict[str, Any]) -> Any:
+    """A one-time console link for a panel to hand to USER (``web_tokens``): minted only if
+    the policy lets USER open that console now, and decided again when it is used."""
+    if api.links is None or not api.links.enabled:
+        raise ActionFailed("the web console is not set up on this host (web_socket, web_url)")
+    try:
+        entry = pwd.getpwnam(args["user"])
+    except KeyError:
+        raise ActionFailed(f"no such user: {args['user']}") from None
+    caller = resolve_caller(0, entry.pw_uid, entry.pw_gid)
+    action = "console" if args["mode"] == "write" else "watch"
+    info = await api.backend.lookup(args["domain"])
+    groups = caller.groups if caller is not None else ()
+    decision = api.policy.policy.decide(entry.pw_name, groups, action, args["domain"])
+    if caller is None or info is None or not decision.allowed:
+        raise Denied(f"{entry.pw_name} may not {action} {args['domain']} (policy explain says why)")
+    if decision.confirm is not None:
+        raise Denied(NEEDS_CONFIRMATION)
+    url, minted = api.links.mint(
+        caller,
+        info.name,
+        args["mode"],
+        takeover=args["takeover"],
+        seconds=args["seconds"],
+        minted_by="admin",
+    )
+    api.audit.write(
+        action="web-token-minted",
+        decision="admin",
+        result="ok",
+        user=caller.user,
+        uid=caller.uid,
+        domain=info.name,
+        mode=args["mode"],
+        takeover=args["takeover"],
+        token=minted.token_id,
+        minted_by="admin",
+    )
+    return {
+        "url": url,
+        "user": caller.user,
+        "domain": info.name,
+        "mode": args["mode"],
+        "expires_in": args["seconds"],
+        "token": minted.token_id,
     }

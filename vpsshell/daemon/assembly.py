@@ -8,6 +8,7 @@ one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from vpsshell.daemon.consoles import ConsoleManager
     from vpsshell.daemon.events import EventRecord
     from vpsshell.daemon.hooks import HookRunner
+    from vpsshell.daemon.pipeline import TenantApi
     from vpsshell.daemon.policy_state import PolicyState
     from vpsshell.daemon.server import Listener
     from vpsshell.policy import Policy
@@ -50,7 +52,9 @@ class RunningHelper:
         *,
         guard: asyncio.Task[None] | None = None,
         checkers: tuple[AccountChecker, PasswordChecker] | None = None,
+        web: Listener | None = None,
     ) -> None:
+        self.web = web  # vpsshell-web's socket, if the web console is set up
         self.guard = guard
         self.checkers = checkers
         self.events = events
@@ -67,9 +71,13 @@ class RunningHelper:
             self.guard.cancel()
         self.tenant.stop_accepting()
         self.admin.stop_accepting()
+        if self.web is not None:
+            self.web.stop_accepting()
         await self.consoles.stop()  # attached consoles are told that the helper is stopping
         self.events.close()  # and so are followers of events
         await self.tenant.stop(grace=STOP_GRACE_SECONDS)  # time to say so, then cancelled
+        if self.web is not None:
+            await self.web.stop(grace=STOP_GRACE_SECONDS)
         await self.admin.stop()
         await self.hooks.stop()  # a running hook gets a moment, then is killed
         await self.backend.close()
@@ -131,6 +139,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             domain=attachment.hub.name if attachment.hub else None,
             mode=attachment.mode,
             attachment=attachment.id,
+            **({"via": attachment.via} if attachment.via else {}),
             seconds=round(time.time() - attachment.since, 1),
         )
         hub = attachment.hub
@@ -201,7 +210,9 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     policy.on_reload = on_reload
     policy.reload()
     await consoles.start_all()
-    admin_api = AdminApi(backend, policy, audit, consoles, limits)
+    web = _web_listener(config, tenant_api, accounts, audit) if config.web_socket else None
+    links = tenant_api.services.links
+    admin_api = AdminApi(backend, policy, audit, consoles, limits, links=links)
     inherited = systemd.activated_socket(config.socket)
     tenant = Listener(
         "tenant",
@@ -235,6 +246,8 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         audit,
         policy,
         consoles,
+    if web is not None:
+        await web.start()
         events,
         hooks,
         tenant,
@@ -242,3 +255,68 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         guard=asyncio.create_task(guard.run(), name="session-guard"),
         checkers=(accounts, passwords),
     )
+        web=web,
+    )
+
+
+def _web_listener(
+    config: DaemonConfig, tenant_api: TenantApi, accounts: AccountChecker, audit: AuditLog
+) -> Listener:
+    """The socket ``vpsshell-web`` redeems console links on (``web_api``), open to the web
+    service's user and root only. The links are minted on the tenant and admin sockets; the
+    consoles they open go through a second tenant request path, the same but for ``via: "web"``
+    in each record (``TaggedAudit``) and on each attachment."""
+    import dataclasses
+    import grp
+    import pwd
+
+    from vpsshell.daemon.pipeline import TenantApi
+    from vpsshell.daemon.server import Listener, bind_socket
+    from vpsshell.daemon.web_api import TaggedAudit, WebApi, expired_link_recorder
+    from vpsshell.daemon.web_tokens import ConsoleLinks
+
+    limits = config.limits
+    links = ConsoleLinks(config.web_url, limits, on_expired=expired_link_recorder(audit))
+    tenant_api.services.links = links
+    web_path = TenantApi(
+        tenant_api.backend,
+        tenant_api.authorizer.policy,
+        TaggedAudit(audit, via="web"),
+        limits,
+        tenant_api.services.consoles,
+        tenant_api.events,
+        tenant_api.authorizer.passwords,
+        accounts,
+        audit_fail_open=tenant_api.audit_fail_open,
+        pre_hooks=tenant_api.pre_hooks,
+    )
+    web_path.services.via = "web"
+    web_api = WebApi(links, web_path.handle, audit, limits, accounts)
+    allowed = {0, os.geteuid()}
+    group = None
+    try:
+        entry = pwd.getpwnam(config.web_socket_user)
+    except KeyError:
+        log.warning(
+            "web_socket_user %r does not exist; only root may use %s",
+            config.web_socket_user,
+            config.web_socket,
+        )
+    else:
+        allowed.add(entry.pw_uid)
+        with contextlib.suppress(KeyError):
+            group = grp.getgrgid(entry.pw_gid).gr_name
+    # one service opens every browser's connection: its own cap, and no connection rate
+    # (redemptions have theirs, web_redeems_per_minute)
+    web_limits = dataclasses.replace(
+        limits, max_connections_per_user=limits.web_sessions, max_connections=limits.web_sessions
+    )
+    return Listener(
+        "web",
+        bind_socket(config.web_socket, 0o660 if group else 0o600, group),
+        web_api.handle,
+        web_limits,
+        audit,
+        allowed_uids=frozenset(allowed),
+        rate_limit_connections=False,
+        refusal="not the web service",

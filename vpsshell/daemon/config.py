@@ -74,6 +74,11 @@ class Limits:
     pre_hook_timeout_seconds: float = 10.0  # one pre-action hook; then it has timed out
     pre_hook_runs_at_once: int = 8  # actions in their pre-action hooks, all users together...
     pre_hook_runs_per_user: int = 2  # ...and of one user; more wait (as long as one hook may)
+    web_token_seconds: int = 60  # a console link (webconsole, console-url) is valid this long...
+    web_token_max_seconds: int = 600  # ...and at most this long, whoever asks (--ttl)
+    web_tokens_per_user: int = 8  # console links of one user not used or expired yet
+    web_redeems_per_minute: int = 120  # console links redeemed by vpsshell-web (all together)
+    web_sessions: int = 256  # browser consoles at once (connections of vpsshell-web)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,9 @@ class DaemonConfig:
     pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
+    web_socket: str = ""  # "": no web console; else where vpsshell-web redeems console links
+    web_socket_user: str = "vpsshell-web"  # the only user (besides root) that may connect there
+    web_url: str = ""  # https URL of vpsshell-web's page; a console link is this plus #TOKEN
     source: str = "<defaults>"
 
     @property
@@ -125,6 +133,8 @@ _BOOLEAN_KEYS = ("audit_fail_open", "console_recordings", "console_record_input"
 
 
 PRE_HOOK_ON_TIMEOUT = ("refuse", "allow")
+    "web_socket",
+    "web_socket_user",
 
 
 def _number(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -156,6 +166,16 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
         "backend",
         "limits",
         "policy_poll_seconds",
+def _web_url(value: object, source: str) -> str:
+    """The console page's URL: https (the web console is TLS only), no fragment (the token
+    goes there), nothing a terminal or a log would show differently from what it is."""
+    if not isinstance(value, str) or not value.startswith("https://") or len(value) > 512:
+        raise ConfigError(f"{source}: web_url: expected an https:// URL")
+    if "#" in value or not value.isprintable() or " " in value:
+        raise ConfigError(f"{source}: web_url: no fragment, spaces or control characters")
+    return value
+
+
         "pam_service",
         "pre_hook_on_timeout",
         *_BOOLEAN_KEYS,
@@ -163,13 +183,14 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown key(s): {', '.join(sorted(unknown))}")
+        "web_url",
     values: dict[str, Any] = {"source": source}
     for key in _PATH_KEYS:
         if key in data:
             value = data[key]
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{source}: {key}: expected a non-empty string")
-            if key != "socket_group" and not value.startswith("/"):
+            if key not in ("socket_group", "web_socket_user") and not value.startswith("/"):
                 raise ConfigError(f"{source}: {key}: expected an absolute path, got {value!r}")
             values[key] = value
     if "pam_service" in data:
@@ -191,6 +212,8 @@ def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig
     if not isinstance(limits, dict):
         raise ConfigError(f"{source}: limits: expected a table")
     if not isinstance(backend, dict):
+    if "web_url" in data:
+        values["web_url"] = _web_url(data["web_url"], source)
         raise ConfigError(f"{source}: backend: expected a table")
     try:
         values["limits"] = _limits(limits)

@@ -110,6 +110,7 @@ class Attachment:
         self.session_started = False
         self.recording: Recording | None = None
         self.size: tuple[int, int] | None = None  # rows, cols of the tenant's terminal, if any
+        self.via: str | None = None  # "web": a browser through vpsshell-web
 
     def _push(self, frame: bytes, *, force: bool = False) -> bool:
         if self.closed_reason is not None:
@@ -570,6 +571,7 @@ class ConsoleManager:
                 "domain": a.hub.name if a.hub else None,
                 "mode": a.mode,
                 "since": a.since,
+                "via": a.via,
             }
             for a in self.attachments()
         ]

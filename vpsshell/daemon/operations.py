@@ -38,7 +38,8 @@ from vpsshell.daemon.operation import (
     refuse_unknown,
 )
 from vpsshell.daemon.recordings import MAX_DIMENSION, is_recording_id, send_file
-from vpsshell.errors import Denied, TemporaryFailure, UsageError
+from vpsshell.daemon.web_tokens import NEEDS_CONFIRMATION, ConsoleLinks
+from vpsshell.errors import ActionFailed, Denied, TemporaryFailure, UsageError
 from vpsshell.since import parse_since
 
 WAIT_POLL_SECONDS = 0.2
@@ -63,6 +64,8 @@ class TenantServices:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
+    links: ConsoleLinks | None = None  # one-time console links for vpsshell-web, if set up
+    via: str | None = None  # "web": this request path serves links redeemed by vpsshell-web
         """One power action per domain at a time."""
         lock = self._locks.get(uuid)
         if lock is None:
@@ -259,6 +262,7 @@ async def _attach(api: TenantServices, request: Request, target: Target | None, 
     displaced = hub.writer if takeover else None
     hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
     request.audit["console"] = {"mode": mode, "takeover": takeover, "attachment": attachment.id}
+    attachment.via = api.via
     user, name, uuid = request.caller.user, target.info.name, target.info.uuid
     if displaced is not None:
         detail = f"from {displaced.caller.user}"
@@ -285,6 +289,39 @@ def _since_arg(untrusted: dict[str, Any]) -> str:
     """``since`` as UTC text (see ``parse_since``), or "" when not given."""
     untrusted_since = untrusted.get("since", "")
     if not isinstance(untrusted_since, str):
+def _webconsole_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
+    refuse_unknown(untrusted, {"domain", "takeover"})
+    return {"takeover": bool_arg(untrusted, "takeover")}
+
+
+async def _mint_link(
+    api: TenantServices, request: Request, target: Target | None, mode: str
+) -> Any:
+    """A one-time console link (``web_tokens``) for the caller, who was just authorized for
+    ``mode`` on the domain; using it decides again. The token is in the reply only."""
+    assert target is not None
+    if api.links is None or not api.links.enabled:
+        raise ActionFailed("the web console is not set up on this host")
+    action = "console" if mode == "write" else "watch"
+    if api.authorizer.decide(request.caller, action, target.info.name).confirm is not None:
+        raise Denied(NEEDS_CONFIRMATION)  # the redemption would ask the browser for it
+    takeover = bool(request.args.get("takeover")) and mode == "write"
+    url, minted = api.links.mint(request.caller, target.info.name, mode, takeover=takeover)
+    request.audit["web"] = {"mode": mode, "takeover": takeover, "token": minted.token_id}
+    seconds = max(0, round(minted.expires - time.time()))
+    return {"domain": target.info.name, "mode": mode, "url": url, "expires_in": seconds}
+
+
+@operation("webconsole", action="console", domain="required", args=_webconsole_args)
+async def op_webconsole(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _mint_link(api, request, target, "write")
+
+
+@operation("webwatch", action="watch", domain="required")
+async def op_webwatch(api: TenantServices, request: Request, target: Target | None) -> Any:
+    return await _mint_link(api, request, target, "watch")
+
+
         raise UsageError("since: expected a time (ISO 8601 or -10m)")
     return parse_since(untrusted_since) if untrusted_since else ""
 

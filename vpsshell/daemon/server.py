@@ -133,7 +133,9 @@ class Listener:
         admit: Admit | None = None,
         owns_path: bool = True,
         rate_limit_connections: bool = True,
+        refusal: str = "not an admin",
     ) -> None:
+        self.refusal = refusal  # what the audit says of a uid not in ``allowed_uids``
         self.owns_path = owns_path
         self.admit = admit  # a check of each new caller (PAM account management)
         self.name = name
@@ -182,7 +184,7 @@ class Listener:
             conn.close()
             return
         if self.allowed_uids is not None and uid not in self.allowed_uids:
-            self._refuse(uid, pid, None, "denied", "not an admin")
+            self._refuse(uid, pid, None, "denied", self.refusal)
             conn.close()
             return
         # the slot is taken before any await, so connections still being checked count

@@ -246,6 +246,33 @@ TIMESTAMPS = Option("timestamps", FLAG, "show when each line arrived, and who at
 LOG_SINCE = Option("since", TIME, "only output since TIME (2026-12-05T10:00:00Z, -10m, -2h)")
 
 
+WEB_WATCH = Option("watch", FLAG, "a link to watch only: see the console, type nothing")
+WEB_TAKEOVER = Option("takeover", FLAG, "the page takes the console over from its writer")
+
+
+@command(
+    "webconsole",
+    "a one-time https link to DOMAIN's console in a browser (valid 60 s, once)",
+    domain="required",
+    options=(WEB_WATCH, WEB_TAKEOVER, JSON),
+)
+def cmd_webconsole(ctx: Context, parsed: ParsedCommand) -> Output:
+    options = parsed.options
+    if "watch" in options and "takeover" in options:
+        raise UsageError("webconsole: --watch and --takeover exclude each other")
+    watch = bool(options.get("watch"))
+    args: dict[str, Any] = {"domain": parsed.domain}
+    if options.get("takeover"):
+        args["takeover"] = True
+    link = ctx.call("webwatch" if watch else "webconsole", args)
+    what = "watch" if watch else "console"
+    link["message"] = (
+        f"{link.get('domain')} {what} in a browser, within {link.get('expires_in')} s, once: "
+        f"{link.get('url')}"
+    )
+    return Output("action", link)
+
+
 @command(
     "log",
     "recent console output of a domain",
