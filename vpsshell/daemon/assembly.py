@@ -240,21 +240,20 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     )
     await tenant.start()
     await admin.start()
+    if web is not None:
+        await web.start()
     log.info("vpsshelld %s listening on %s (backend %s)", __version__, config.socket, backend.kind)
     return RunningHelper(
         backend,
         audit,
         policy,
         consoles,
-    if web is not None:
-        await web.start()
         events,
         hooks,
         tenant,
         admin,
         guard=asyncio.create_task(guard.run(), name="session-guard"),
         checkers=(accounts, passwords),
-    )
         web=web,
     )
 
@@ -320,3 +319,4 @@ def _web_listener(
         allowed_uids=frozenset(allowed),
         rate_limit_connections=False,
         refusal="not the web service",
+    )

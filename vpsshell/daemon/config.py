@@ -100,11 +100,11 @@ class DaemonConfig:
     audit_syslog: bool = False  # True: every audit record also goes to syslog (the journal)
     pid_file: str = _default_pid_file(paths.SOCKET)  # locked while the helper runs
     pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
-    limits: Limits = field(default_factory=Limits)
-    backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     web_socket: str = ""  # "": no web console; else where vpsshell-web redeems console links
     web_socket_user: str = "vpsshell-web"  # the only user (besides root) that may connect there
     web_url: str = ""  # https URL of vpsshell-web's page; a console link is this plus #TOKEN
+    limits: Limits = field(default_factory=Limits)
+    backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
 
     @property
@@ -128,13 +128,13 @@ _PATH_KEYS = (
     "hooks_dir",
     "recordings_dir",
     "pid_file",
+    "web_socket",
+    "web_socket_user",
 )
 _BOOLEAN_KEYS = ("audit_fail_open", "console_recordings", "console_record_input", "audit_syslog")
 
 
 PRE_HOOK_ON_TIMEOUT = ("refuse", "allow")
-    "web_socket",
-    "web_socket_user",
 
 
 def _number(table: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
@@ -161,11 +161,6 @@ def _limits(table: dict[str, Any]) -> Limits:
     return Limits(**values)
 
 
-def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig:
-    known = set(_PATH_KEYS) | {
-        "backend",
-        "limits",
-        "policy_poll_seconds",
 def _web_url(value: object, source: str) -> str:
     """The console page's URL: https (the web console is TLS only), no fragment (the token
     goes there), nothing a terminal or a log would show differently from what it is."""
@@ -176,14 +171,19 @@ def _web_url(value: object, source: str) -> str:
     return value
 
 
+def parse_config(data: dict[str, Any], source: str = "<string>") -> DaemonConfig:
+    known = set(_PATH_KEYS) | {
+        "backend",
+        "limits",
+        "policy_poll_seconds",
         "pam_service",
         "pre_hook_on_timeout",
+        "web_url",
         *_BOOLEAN_KEYS,
     }
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{source}: unknown key(s): {', '.join(sorted(unknown))}")
-        "web_url",
     values: dict[str, Any] = {"source": source}
     for key in _PATH_KEYS:
         if key in data:
@@ -207,13 +207,13 @@ def _web_url(value: object, source: str) -> str:
         if data["pre_hook_on_timeout"] not in PRE_HOOK_ON_TIMEOUT:
             raise ConfigError(f'{source}: pre_hook_on_timeout: expected "refuse" or "allow"')
         values["pre_hook_on_timeout"] = data["pre_hook_on_timeout"]
+    if "web_url" in data:
+        values["web_url"] = _web_url(data["web_url"], source)
     limits = data.get("limits", {})
     backend = data.get("backend", {"type": "sim"})
     if not isinstance(limits, dict):
         raise ConfigError(f"{source}: limits: expected a table")
     if not isinstance(backend, dict):
-    if "web_url" in data:
-        values["web_url"] = _web_url(data["web_url"], source)
         raise ConfigError(f"{source}: backend: expected a table")
     try:
         values["limits"] = _limits(limits)

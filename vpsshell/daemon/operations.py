@@ -61,11 +61,11 @@ class TenantServices:
     consoles: ConsoleManager
     events: EventRecord
     limits: Limits
+    links: ConsoleLinks | None = None  # one-time console links for vpsshell-web, if set up
+    via: str | None = None  # "web": this request path serves links redeemed by vpsshell-web
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
-    links: ConsoleLinks | None = None  # one-time console links for vpsshell-web, if set up
-    via: str | None = None  # "web": this request path serves links redeemed by vpsshell-web
         """One power action per domain at a time."""
         lock = self._locks.get(uuid)
         if lock is None:
@@ -258,11 +258,11 @@ async def _attach(api: TenantServices, request: Request, target: Target | None, 
     hub = api.consoles.hub_for(target.info)
     attachment = api.consoles.new_attachment(request.caller, mode)
     attachment.size = request.args["size"]
+    attachment.via = api.via
     takeover = bool(request.args.get("takeover")) and mode == "write"
     displaced = hub.writer if takeover else None
     hub.attach(attachment, takeover=takeover, replay=request.args["replay"])
     request.audit["console"] = {"mode": mode, "takeover": takeover, "attachment": attachment.id}
-    attachment.via = api.via
     user, name, uuid = request.caller.user, target.info.name, target.info.uuid
     if displaced is not None:
         detail = f"from {displaced.caller.user}"
@@ -285,10 +285,6 @@ async def op_watch(api: TenantServices, request: Request, target: Target | None)
     return await _attach(api, request, target, "watch")
 
 
-def _since_arg(untrusted: dict[str, Any]) -> str:
-    """``since`` as UTC text (see ``parse_since``), or "" when not given."""
-    untrusted_since = untrusted.get("since", "")
-    if not isinstance(untrusted_since, str):
 def _webconsole_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
     refuse_unknown(untrusted, {"domain", "takeover"})
     return {"takeover": bool_arg(untrusted, "takeover")}
@@ -322,6 +318,10 @@ async def op_webwatch(api: TenantServices, request: Request, target: Target | No
     return await _mint_link(api, request, target, "watch")
 
 
+def _since_arg(untrusted: dict[str, Any]) -> str:
+    """``since`` as UTC text (see ``parse_since``), or "" when not given."""
+    untrusted_since = untrusted.get("since", "")
+    if not isinstance(untrusted_since, str):
         raise UsageError("since: expected a time (ISO 8601 or -10m)")
     return parse_since(untrusted_since) if untrusted_since else ""
 

@@ -241,11 +241,6 @@ def cmd_console(ctx: Context, parsed: ParsedCommand) -> Output:
     )
 
 
-LINES = Option("lines", COUNT, "how many lines (default 100, at most 10000)", max_value=10000)
-TIMESTAMPS = Option("timestamps", FLAG, "show when each line arrived, and who attached")
-LOG_SINCE = Option("since", TIME, "only output since TIME (2026-12-05T10:00:00Z, -10m, -2h)")
-
-
 WEB_WATCH = Option("watch", FLAG, "a link to watch only: see the console, type nothing")
 WEB_TAKEOVER = Option("takeover", FLAG, "the page takes the console over from its writer")
 
@@ -271,6 +266,11 @@ def cmd_webconsole(ctx: Context, parsed: ParsedCommand) -> Output:
         f"{link.get('url')}"
     )
     return Output("action", link)
+
+
+LINES = Option("lines", COUNT, "how many lines (default 100, at most 10000)", max_value=10000)
+TIMESTAMPS = Option("timestamps", FLAG, "show when each line arrived, and who attached")
+LOG_SINCE = Option("since", TIME, "only output since TIME (2026-12-05T10:00:00Z, -10m, -2h)")
 
 
 @command(
