@@ -204,6 +204,12 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
         ),
     )
 
+    from vpsshell.daemon.self_service import SelfService
+
+    self_service = SelfService.from_config(config)  # keys and totp
+    tenant_api.services.self_service = self_service
+    tenant_api.authorizer.totp = self_service.totp
+
     async def admit(caller: Caller, max_age: float | None) -> str | None:
         return await accounts.refusal(caller.uid, caller.user, max_age or 0.0)
 

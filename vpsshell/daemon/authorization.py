@@ -4,8 +4,9 @@ helper is answered here, and nowhere else.
 The answer itself comes from the policy engine (``Policy.decide``, which ``vpsshell-admin
 policy explain/who/list/test`` also answer with); this module adds only what the helper must
 do around it: the caller as NSS says it is now (never as it was at connect time, never as the
-client says), the ``confirm=password`` step with its lockout, "does not exist" answered exactly
-like "not allowed", and the decision taken again after every await (a password check, the
+client says), the ``confirm=password`` and ``confirm=totp`` steps with their lockouts, "does
+not exist" answered exactly like "not allowed", the per-user decision of self-service actions
+(``keys``), and the decision taken again after every await (a password check, the
 backend's lookup), so that a revocation, an expired rule or a group change that lands
 meanwhile stops the action. Sessions that outlive their request (attached consoles, events
 followers) are re-authorized with the same functions. It never acts on a domain.
@@ -13,6 +14,7 @@ followers) are re-authorized with the same functions. It never acts on a domain.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,8 +25,10 @@ from vpsshell.daemon.consoles import Attachment
 from vpsshell.daemon.operation import Request, Target
 from vpsshell.daemon.peer import Caller, CallerLookup
 from vpsshell.daemon.policy_state import PolicyState
+from vpsshell.daemon.totp import TotpChecker
 from vpsshell.errors import ConfirmRequired, Denied, TemporaryFailure, not_found_or_denied
 from vpsshell.policy import Decision
+from vpsshell.policy.model import SELF_SERVICE_ACTIONS
 
 
 class Authorizer:
@@ -40,6 +44,7 @@ class Authorizer:
         self.passwords = passwords
         self.accounts = accounts
         self.callers = CallerLookup()
+        self.totp: TotpChecker | None = None  # confirm=totp; set where the helper is assembled
 
     def current_caller(self, caller: Caller, audit: dict[str, Any]) -> Caller:
         """``caller`` with its groups as NSS says now, not at connect time; Denied if the
@@ -58,6 +63,8 @@ class Authorizer:
         await (a password check, the backend's lookup): a revocation, an expired rule or a
         group change that lands meanwhile stops the action. Returns the request with the
         caller as last looked up, and the domain it may act on."""
+        if action in SELF_SERVICE_ACTIONS:
+            return await self._authorize_self_service(request, action, audit), None
         if action is None or request.domain is None:
             audit["decision"] = "allow"
             return request, None
@@ -69,7 +76,7 @@ class Authorizer:
             audit["reason"] = decision.reason
             raise not_found_or_denied(domain)
         if decision.confirm:
-            await self._confirm(request, action, audit)
+            await self._confirm(request, action, audit, decision.confirm)
         info = await self.backend.lookup(domain)
         if info is None or info.name != domain:
             audit["decision"] = "deny"
@@ -86,9 +93,38 @@ class Authorizer:
         audit["uuid"] = info.uuid
         return request._replace(caller=caller), Target(info, audit["rule"])
 
-    async def _confirm(self, request: Request, action: str, audit: dict[str, Any]) -> None:
+    async def _authorize_self_service(
+        self, request: Request, action: str, audit: dict[str, Any]
+    ) -> Request:
+        """An action on the caller's own account (``keys``): the policy's per-user decision,
+        its ``confirm=`` step, and the decision taken again after it."""
+        decision = self.decide(request.caller, action, "")
+        audit["rule"] = decision.deciding.location if decision.deciding else None
+        if not decision.allowed:
+            audit["decision"] = "deny"
+            audit["reason"] = decision.reason
+            raise Denied(f"{action}: permission denied (ask your provider)")
+        if decision.confirm:
+            await self._confirm(request, action, audit, decision.confirm)
+            caller = self.callers.fresh(request.caller)
+            again = self.decide(caller, action, "") if caller is not None else None
+            if caller is None or again is None or not again.allowed:
+                audit["decision"] = "deny"
+                audit["reason"] = "access ended while the request waited"
+                raise Denied(f"{action}: permission denied (ask your provider)")
+            request = request._replace(caller=caller)
+        audit["decision"] = "allow"
+        return request
+
+    async def _confirm(
+        self, request: Request, action: str, audit: dict[str, Any], kind: str = "password"
+    ) -> None:
         """``confirm=password``: the tenant's password, checked by PAM, with a lockout
-        (``confirm.PasswordChecker``)."""
+        (``confirm.PasswordChecker``); ``confirm=totp``: a code of the tenant's second
+        factor, checked here (``totp.TotpChecker``), with the same lockout's limits."""
+        if kind == "totp":
+            await self._confirm_code(request, action, audit)
+            return
         caller = request.caller
         audit["confirm"] = "password"
         if not self.passwords.service:
@@ -115,6 +151,33 @@ class Authorizer:
             raise TemporaryFailure("a password check is already under way; try again shortly")
         locked = self.passwords.locked_for(caller.uid)
         raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
+
+    async def _confirm_code(self, request: Request, action: str, audit: dict[str, Any]) -> None:
+        caller = request.caller
+        what = f"{action} {request.domain}" if request.domain else action
+        audit["confirm"] = "totp"
+        checker = self.totp
+        if checker is None or not await asyncio.to_thread(checker.enrolled, caller.user):
+            audit["decision"] = "deny"
+            audit["reason"] = "confirm=totp but no second factor enrolled"
+            raise Denied(f"{what} needs a one-time code, and you have none yet: run totp enroll")
+        locked = checker.locked_for(caller.uid)
+        if locked > 0:
+            audit["decision"] = "deny"
+            audit["reason"] = "code lockout"
+            raise TemporaryFailure(f"too many wrong codes; try again in {int(locked) + 1} s")
+        if request.password is None:
+            audit["decision"] = "confirm"
+            raise ConfirmRequired(f"{what} needs a code from your authenticator app")
+        if await asyncio.to_thread(checker.check, caller.uid, caller.user, request.password):
+            audit["confirmed"] = True
+            return
+        audit["decision"] = "deny"
+        audit["reason"] = "code not accepted"
+        locked = checker.locked_for(caller.uid)
+        if locked > 0:
+            raise TemporaryFailure(f"too many wrong codes; try again in {int(locked) + 1} s")
+        raise ConfirmRequired("code not accepted")
 
     def decide(self, caller: Caller, action: str, domain: str) -> Decision:
         """The policy's decision, and nothing added to it: every rule about who may do what

@@ -74,6 +74,8 @@ class Limits:
     pre_hook_timeout_seconds: float = 10.0  # one pre-action hook; then it has timed out
     pre_hook_runs_at_once: int = 8  # actions in their pre-action hooks, all users together...
     pre_hook_runs_per_user: int = 2  # ...and of one user; more wait (as long as one hook may)
+    keys_per_user: int = 20  # SSH public keys in one tenant's key file (``keys add``)
+    key_line_bytes: int = 8192  # one public key line (an RSA-16384 key is some 2.8 KB)
     web_token_seconds: int = 60  # a console link (webconsole, console-url) is valid this long...
     web_token_max_seconds: int = 600  # ...and at most this long, whoever asks (--ttl)
     web_tokens_per_user: int = 8  # console links of one user not used or expired yet
@@ -100,6 +102,9 @@ class DaemonConfig:
     audit_syslog: bool = False  # True: every audit record also goes to syslog (the journal)
     pid_file: str = _default_pid_file(paths.SOCKET)  # locked while the helper runs
     pre_hook_on_timeout: str = "refuse"  # or "allow": a pre-action hook that times out
+    authorized_keys_dir: str = "/etc/vpsshell/authorized_keys"  # sshd's AuthorizedKeysFile dir
+    keys_allow_removing_last: bool = False  # True: ``keys remove`` may take a tenant's last key
+    totp_users_file: str = "/etc/vpsshell/totp/users.oath"  # pam_oath usersfile=, 0600
     web_socket: str = ""  # "": no web console; else where vpsshell-web redeems console links
     web_socket_user: str = "vpsshell-web"  # the only user (besides root) that may connect there
     web_url: str = ""  # https URL of vpsshell-web's page; a console link is this plus #TOKEN

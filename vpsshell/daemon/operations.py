@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vpsshell import __version__, protocol
 from vpsshell.backends.base import Backend, DomainInfo, DomainState
@@ -42,6 +42,9 @@ from vpsshell.daemon.web_tokens import NEEDS_CONFIRMATION, ConsoleLinks
 from vpsshell.errors import ActionFailed, Denied, TemporaryFailure, UsageError
 from vpsshell.since import parse_since
 
+if TYPE_CHECKING:
+    from vpsshell.daemon.self_service import SelfService
+
 WAIT_POLL_SECONDS = 0.2
 REPLY_BUDGET = protocol.MAX_FRAME_BYTES - 1024  # for the result; the rest is the envelope
 PROGRESS_EVERY_SECONDS = 5.0
@@ -63,6 +66,7 @@ class TenantServices:
     limits: Limits
     links: ConsoleLinks | None = None  # one-time console links for vpsshell-web, if set up
     via: str | None = None  # "web": this request path serves links redeemed by vpsshell-web
+    self_service: SelfService | None = None  # keys and totp (``self_service``), if set up
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def lock_for(self, uuid: str) -> asyncio.Lock:
@@ -491,3 +495,7 @@ async def op_events(api: TenantServices, request: Request, target: Target | None
 
         return ReplyThenSession(result, session)
     return result
+
+
+# the self-service operations (keys, totp) are declared in a module of their own
+from vpsshell.daemon import self_service as _self_service  # noqa: E402, F401

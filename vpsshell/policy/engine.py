@@ -22,7 +22,14 @@ import datetime as _dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
-from .model import ALL_ACTIONS, CONFIRM_STRENGTH, Decision, PolicyError, Rule
+from .model import (
+    ALL_ACTIONS,
+    CONFIRM_STRENGTH,
+    SELF_SERVICE_ACTIONS,
+    Decision,
+    PolicyError,
+    Rule,
+)
 from .parser import ParsedPolicy, gc_paused, parse_sources
 
 NO_GRANT = "no rule grants this"
@@ -317,14 +324,19 @@ class Policy:
         """The decision from the rules that name ``action`` (and, for ``status``, every allow)."""
         matches: list[Rule] = []
         confirm: str | None = None
+        self_service = action in SELF_SERVICE_ACTIONS  # the caller's own: domains do not count
         for rule in candidates:
-            if not rule.covers_domain(domain):
+            if not self_service and not rule.covers_domain(domain):
                 continue
             if action in rule.actions:
                 matches.append(rule)
                 if rule.effect == "allow" and _stronger(rule.confirm, confirm):
                     confirm = rule.confirm
-            elif action == "status" and rule.effect == "allow":
+            elif (
+                action == "status"
+                and rule.effect == "allow"
+                and not rule.actions <= SELF_SERVICE_ACTIONS
+            ):
                 # Any grant on a domain implies seeing it; its confirm= guards only its actions.
                 matches.append(rule)
         denies = [rule for rule in matches if rule.effect == "deny"]
@@ -380,7 +392,12 @@ class Policy:
                 reason=f"unknown action {action!r}",
             )
         subjects = self._index.subjects(user, group_set)
-        candidates = self._covering(subjects, domain, _local_date(now)) if subjects else []
+        if action in SELF_SERVICE_ACTIONS:  # every rule of the caller's, whatever its domains
+            day = _local_date(now)
+            positions = self._index.of_subjects(subjects)
+            candidates = [self.rules[p] for p in positions if self.rules[p].active_on(day)]
+        else:
+            candidates = self._covering(subjects, domain, _local_date(now)) if subjects else []
         return self._evaluate(candidates, user, action, domain)
 
     def explain(

@@ -31,7 +31,13 @@ ACTIONS: tuple[str, ...] = (
     "sysrq",
     "events",
 )
-ALL_ACTIONS: frozenset[str] = frozenset(ACTIONS)
+#: Actions on the caller's own account, not on a domain (``keys``: their SSH public keys). A
+#: rule grants or denies them whatever domains it names; a grant of these alone may say ``*``
+#: for DOMAINS (``allow group:tenants keys *``) and implies nothing on any domain. They are
+#: not in ACTIONS (the actions on a domain, which the admin tool lists per domain).
+SELF_SERVICE: tuple[str, ...] = ("keys",)
+SELF_SERVICE_ACTIONS: frozenset[str] = frozenset(SELF_SERVICE)
+ALL_ACTIONS: frozenset[str] = frozenset(ACTIONS) | SELF_SERVICE_ACTIONS
 
 _VIEWER = frozenset({"status", "log", "watch", "events"})
 #: Built-in action sets, by name without the ``@``. Policy files may not redefine them.
@@ -44,7 +50,7 @@ BUILTIN_ACTION_SETS: dict[str, frozenset[str]] = {
 }
 
 #: ``confirm=`` values, weakest first; a decision carries the strongest one that applies.
-CONFIRM_STRENGTH: dict[str, int] = {"password": 1}
+CONFIRM_STRENGTH: dict[str, int] = {"password": 1, "totp": 2}
 OPTION_KEYS: tuple[str, ...] = ("expires", "reason", "confirm")
 
 # Limits that keep a hostile or broken policy from exhausting memory or time. Crossing one
@@ -154,7 +160,7 @@ class Rule:
         if self.actions == ALL_ACTIONS:
             actions = "*"
         else:
-            actions = ",".join(a for a in ACTIONS if a in self.actions)
+            actions = ",".join(a for a in (*ACTIONS, *SELF_SERVICE) if a in self.actions)
         domains = "*" if self.domains is None else ",".join(sorted(self.domains))
         parts = [self.effect, self.subject, actions, domains]
         if self.expires is not None:

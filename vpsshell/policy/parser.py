@@ -5,7 +5,7 @@ backslash joins the next physical line, acting as a space)::
 
     actions @NAME = MEMBER...             MEMBER: action | @actionset   (commas also separate)
     domains @NAME = MEMBER...             MEMBER: domain | @domainset
-    allow|deny SUBJECT ACTIONS DOMAINS... [expires=YYYY-MM-DD] [reason="..."] [confirm=password]
+    allow|deny SUBJECT ACTIONS DOMAINS... [expires=YYYY-MM-DD] [reason="..."] [confirm=...]
 
 SUBJECT is ``user:NAME`` or ``group:NAME``. ACTIONS is one token: a comma list of actions,
 ``@sets`` or ``*``. DOMAINS is one or more tokens, each a comma list of domains, ``@sets`` or
@@ -38,6 +38,7 @@ from .model import (
     MAX_SET_MEMBERS,
     MAX_SETS,
     OPTION_KEYS,
+    SELF_SERVICE_ACTIONS,
     SET_NAME_RE,
     SUBJECT_NAME_RE,
     PolicyError,
@@ -308,10 +309,14 @@ def _parse_rule(tokens: list[str], file: str, line: int, out: _Statements) -> _R
             for item in _split_list(token):
                 if not is_domain_name(item):  # a set, "*" or an error
                     _check_domain_item(item)
-                    if item == "*" and effect == "allow":
+                    if (
+                        item == "*"
+                        and effect == "allow"
+                        and not set(action_items) <= SELF_SERVICE_ACTIONS
+                    ):
                         raise _LineError(
-                            "'*' in DOMAINS is only allowed in deny rules "
-                            "(a grant must never cover domains created later)"
+                            "'*' in DOMAINS is only allowed in deny rules and in grants of "
+                            "keys alone (a grant must never cover domains created later)"
                         )
                 domain_items.append(names.setdefault(item, item))
     if not domain_items:

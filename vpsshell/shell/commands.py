@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Protocol
 from vpsshell import __version__
 from vpsshell.checks import is_sysrq_key
 from vpsshell.errors import UsageError
+from vpsshell.shell.environment import Environment
 from vpsshell.shell.grammar import (
     COUNT,
     ESCAPE,
@@ -38,6 +39,7 @@ class Context(Protocol):
 
     current_domain: str | None
     interactive: bool
+    env: Environment  # only to read what a verb takes from stdin (keys add)
 
     def call(self, op: str, args: dict[str, Any], *, timeout: float = ...) -> Any: ...
 
@@ -66,9 +68,12 @@ def command(
     aliases: tuple[str, ...] = (),
     interactive_only: bool = False,
     extra_arg: str = "",
+    extra_words: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
-        verb = Verb(name, summary, domain, options, aliases, interactive_only, extra_arg)
+        verb = Verb(
+            name, summary, domain, options, aliases, interactive_only, extra_arg, extra_words
+        )
         for word in (name, *aliases):
             VERBS[word] = verb
         HANDLERS[name] = handler
@@ -341,3 +346,7 @@ def cmd_events(ctx: Context, parsed: ParsedCommand) -> Output:
         return Output("events", ctx.call("events", args))
     args["follow"] = True
     return Output("ended", ctx.follow_events(args, as_json=bool(parsed.options.get("json"))))
+
+
+# the self-service verbs (keys, totp) are declared in a module of their own
+from vpsshell.shell import self_service as _self_service  # noqa: E402, F401

@@ -44,6 +44,7 @@ class Verb(NamedTuple):
     aliases: tuple[str, ...] = ()
     interactive_only: bool = False
     extra_arg: str = ""  # name of one extra positional argument (e.g. KEY), if any
+    extra_words: bool = False  # the extra argument is every word left (keys add KEY LINE)
 
     def usage(self) -> str:
         words = [self.name]
@@ -151,7 +152,9 @@ def parse(
     extra: str | None = None
     wanted = (1 if verb.domain != "none" else 0) + (1 if verb.extra_arg else 0)
     if verb.domain == "none":
-        if verb.extra_arg and positional:
+        if verb.extra_words and positional:
+            extra, positional = " ".join(positional), []
+        elif verb.extra_arg and positional:
             extra = positional.pop(0)
     else:
         if len(positional) < wanted and default_domain is not None:

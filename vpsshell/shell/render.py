@@ -164,6 +164,8 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             _table(env, RECORDING_COLUMNS, rows)
         else:
             env.stdout.write(f"no recordings of {inert(data.get('domain'))}\n")
+    elif kind in ("keys", "totp", "totp-secret"):
+        show_self_service(kind, data, env)
     elif kind == "help":
         width = min(max(len(verb["usage"]) for verb in data), HELP_USAGE_WIDTH)
         for verb in data:
@@ -180,6 +182,34 @@ def show(output: Output, env: Environment, *, as_json: bool = False) -> None:
             env.stdout.write(CLEAR_SCREEN)
     else:
         env.stdout.write(f"{inert(data)}\n")
+
+
+KEY_COLUMNS = ("TYPE", "BITS", "FINGERPRINT", "COMMENT", "ADDED")
+
+
+def show_self_service(kind: str, data: dict[str, Any], env: Environment) -> None:
+    """``keys`` (a table), ``totp`` (enrolled or not) and a new TOTP secret with its QR code."""
+    if kind == "keys":
+        keys = data.get("keys", [])
+        rows = [
+            tuple(inert(key.get(name) or "-") for name in ("type", "bits", "fingerprint"))
+            + (inert(key.get("comment") or key.get("note") or ""), inert(key.get("added") or "-"))
+            for key in keys
+        ]
+        if rows:
+            _table(env, KEY_COLUMNS, rows)
+        else:
+            env.stdout.write("no keys: add one with keys add < ~/.ssh/id_ed25519.pub\n")
+        env.stdout.write(f"{len(keys)} of at most {inert(data.get('max', '?'))} keys\n")
+    elif kind == "totp":
+        state = "enrolled" if data.get("enrolled") else "not enrolled (totp enroll)"
+        env.stdout.write(f"second factor (TOTP): {state}\n")
+    else:
+        for line in data.get("qr") or []:
+            env.stdout.write(f"{inert(line)}\n")
+        env.stdout.write(f"secret: {inert(data.get('secret'))}\n")
+        env.stdout.write(f"uri:    {inert(data.get('uri'))}\n")
+        env.stdout.write(f"{inert(data.get('message', ''))}\n")
 
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"

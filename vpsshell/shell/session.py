@@ -41,8 +41,9 @@ class Session:
         )
 
     def _confirming(self, send: Callable[[dict[str, Any]], T], args: dict[str, Any]) -> T:
-        """``send(args)``; when the policy says confirm=password, ask (no echo) and send again
-        with the password. The helper counts failures and locks out."""
+        """``send(args)``; when the policy says confirm=password (or confirm=totp), ask (no
+        echo) and send again with the password (or code). The helper counts failures and locks
+        out."""
         try:
             return send(args)
         except ConfirmRequired as exc:
@@ -52,7 +53,9 @@ class Session:
 
             while True:
                 try:
-                    password = getpass.getpass(f"{exc.message}. Password: ")
+                    # confirm=totp asks for a code, sent in the same field as a password
+                    label = "Code" if "code" in exc.message else "Password"
+                    password = getpass.getpass(f"{exc.message}. {label}: ")
                 except (EOFError, KeyboardInterrupt):
                     raise ConfirmRequired("cancelled") from None
                 try:
