@@ -135,8 +135,16 @@ _PATH_KEYS = (
     "pid_file",
     "web_socket",
     "web_socket_user",
+    "authorized_keys_dir",
+    "totp_users_file",
 )
-_BOOLEAN_KEYS = ("audit_fail_open", "console_recordings", "console_record_input", "audit_syslog")
+_BOOLEAN_KEYS = (
+    "audit_fail_open",
+    "console_recordings",
+    "console_record_input",
+    "audit_syslog",
+    "keys_allow_removing_last",
+)
 
 
 PRE_HOOK_ON_TIMEOUT = ("refuse", "allow")
