@@ -14,8 +14,16 @@ from vpsshell.backends.xen_events import (
     Change,
     EventTracker,
     current_rows,
+    migrating_uuids,
 )
-from vpsshell.backends.xen_xl import CRASH, POWEROFF, REBOOT, VerboseRow, parse_list_verbose
+from vpsshell.backends.xen_xl import (
+    CRASH,
+    POWEROFF,
+    REBOOT,
+    SUSPEND,
+    VerboseRow,
+    parse_list_verbose,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "xen"
 WEB1 = "f9895986-a9f0-43a7-bc97-32845534e69c"
@@ -160,3 +168,63 @@ def test_current_rows_prefers_the_new_domain_during_a_reboot() -> None:
     )
     assert current_rows([new, old, dom0]) == {WEB1: new}
     assert current_rows([old]) == {WEB1: old}
+
+
+MIG2 = "1be61d33-8220-4086-8bc0-ed7c31283734"
+
+
+def migration_scans() -> list[list[VerboseRow]]:
+    """``xl migrate mig2 localhost`` captured in the lab (a PVH guest), one block per change."""
+    blocks = (FIXTURES / "list-v-migrate.txt").read_text().split("===\n")
+    return [parse_list_verbose(block)[0] for block in blocks]
+
+
+def observe_all(t: EventTracker, scans: list[list[VerboseRow]]) -> list[tuple[str, ...]]:
+    changes: list[tuple[str, ...]] = []
+    for now, rows in enumerate(scans):
+        found = t.observe(current_rows(rows), float(now), {}, migrating_uuids(rows))
+        changes += [(c.kind, c.name, c.detail) for c in found]
+    return changes
+
+
+def test_a_migration_on_this_host_is_migrated_out_then_in() -> None:
+    scans = migration_scans()
+    t = EventTracker()
+    assert observe_all(t, scans) == [("migrated", "mig2", "out"), ("migrated", "mig2", "in")]
+    assert t.names[MIG2] == "mig2" and not t.migrating
+    # the incoming domain is never the domain while the old one is there
+    assert current_rows(scans[1])[MIG2].domid == 4 and current_rows(scans[2])[MIG2].domid == 4
+    # fewer scans (watches coalesce): the same two events
+    for kept in ([0, 1, 5], [0, 2, 5], [0, 1, 3, 5]):
+        events = observe_all(EventTracker(), [scans[i] for i in kept])
+        assert events == [("migrated", "mig2", "out"), ("migrated", "mig2", "in")], kept
+
+
+def test_a_failed_migration_gives_nothing() -> None:
+    scans = migration_scans()
+    resumed = [row for row in scans[0]]  # the old domain runs again, the incoming one is gone
+    assert observe_all(EventTracker(), [*scans[:3], resumed, resumed]) == []
+
+
+def row(name: str, domid: int, flags: str, reason: int | None = None) -> VerboseRow:
+    return VerboseRow(name, domid, 128, 1, flags, MIG2, reason)
+
+
+def test_a_migration_to_another_host_is_migrated_out_if_seen_renamed() -> None:
+    running, suspended = [row("mig2", 4, "-b----")], [row("mig2", 4, "---ss-", SUSPEND)]
+    renamed = [row("mig2--migratedaway", 4, "--pss-", SUSPEND)]
+    assert observe_all(EventTracker(), [running, suspended, renamed, []]) == [
+        ("migrated", "mig2", "out")
+    ]
+    # a suspended domain that goes away unseen renamed: xl save (or a rename between scans)
+    assert observe_all(EventTracker(), [running, suspended, []]) == [("stopped", "mig2", "saved")]
+
+
+def test_a_migration_from_another_host_is_migrated_in_once_it_has_its_name() -> None:
+    incoming = [row("mig2--incoming", 9, "--p---")]
+    t = EventTracker()
+    assert observe_all(t, [[], incoming, incoming]) == []
+    assert t.names[MIG2] == "mig2"  # never mig2--incoming
+    assert observe_all(t, [[row("mig2", 9, "r-----")]]) == [("migrated", "mig2", "in")]
+    # one that fails on the way in was never here
+    assert observe_all(EventTracker(), [[], incoming, []]) == []

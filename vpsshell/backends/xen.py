@@ -47,7 +47,13 @@ from vpsshell.backends.xen_console import (
     release_console_lock,
     take_console_lock,
 )
-from vpsshell.backends.xen_events import Change, EventTracker, current_rows
+from vpsshell.backends.xen_events import (
+    Change,
+    EventTracker,
+    current_rows,
+    migrating_uuids,
+    migration_base_name,
+)
 from vpsshell.backends.xen_store import XenStore, XenStoreUnavailable
 from vpsshell.backends.xen_xl import (
     DomainConfigFile,
@@ -456,7 +462,10 @@ class XenBackend(Backend):
         configs = await self._check_configs(files)
         now = time.monotonic()
         changes = self.tracker.observe(
-            rows, now, {entry.uuid: entry.name for entry in configs.values()}
+            rows,
+            now,
+            {entry.uuid: entry.name for entry in configs.values()},
+            migrating_uuids(parsed),
         )
         snap = self._namespace(taken, generation, rows, configs)
         self._snap = snap
@@ -667,7 +676,8 @@ class XenBackend(Backend):
         by_config_uuid = {entry.uuid: entry for entry in configs.values()}
         by_uuid: dict[str, _Entry] = {}
         for uuid, row in rows.items():
-            name = row.name if usable_name(row.name) else self.tracker.names.get(uuid)
+            own = migration_base_name(row.name)  # NAME--incoming is NAME
+            name = own if usable_name(own) else self.tracker.names.get(uuid)
             if name is None or not usable_name(name):
                 if row.name != "(null)":
                     self._report_once(

@@ -14,13 +14,25 @@ The rules (libxl's shutdown reason codes, ``xen_xl.REASON_NAMES``):
   ``crashed``; reboot and soft reset give nothing until the domain is back (or, after
   ``restart_grace`` seconds without it, ``stopped`` with the detail ``reboot``);
 * a domain that goes away gives ``stopped`` with ``shutdown``, ``saved``, ``crashed`` or, when
-  it never shut down (``xl destroy``), ``destroyed``.
+  it never shut down (``xl destroy``), ``destroyed``;
+* migration (``xl migrate``): the receiving xl builds the domain as ``NAME--incoming`` (paused),
+  the sending one suspends it (shutdown reason suspend), renames it ``NAME--migratedaway``,
+  lets the new one take the name and run, and destroys the old one. While that goes on, the
+  incoming domain is never the domain's current row and gives no ``started``, the suspension
+  gives no ``shutdown``, and names with those suffixes are never taken as the domain's name.
+  A domain seen migrating whose UUID then has a new domain id (both ends on this host) gives
+  ``migrated`` ``out`` then ``migrated`` ``in``; one that goes away after it was seen
+  migrating gives ``migrated`` ``out``; one that was seen only as incoming and now runs under
+  its own name gives ``migrated`` ``in``. A suspended domain that goes away without having been
+  seen migrating is ``stopped`` ``saved`` (``xl save``; a migration to another host whose rename
+  fell between two scans looks the same). A migration that fails (the old domain resumes, the
+  incoming one is destroyed) gives nothing.
 The first scan is the baseline and gives no events.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vpsshell.backends.base import DomainState
@@ -29,6 +41,7 @@ from vpsshell.backends.xen_xl import (
     NIL_UUID,
     RESTART_REASONS,
     SOFT_RESET,
+    SUSPEND,
     VerboseRow,
     domain_state,
     gone_event,
@@ -40,6 +53,24 @@ RESTART_GRACE_SECONDS = 30.0  # from a reboot's teardown to the new domain in Xe
 OWN_ACTION_SECONDS = 120.0  # an event this soon after our reboot/reset/sysrq is named after it
 SHUTDOWN_INTENT_SECONDS = 600.0  # a requested shutdown shows as shutting-down this long at most
 BUILD_SECONDS = 120.0  # a new domain that is still paused this long is just paused
+
+
+# the names xl gives the two ends of a migration (tools/xl/xl_migrate.c)
+INCOMING_SUFFIX = "--incoming"
+MIGRATED_AWAY_SUFFIX = "--migratedaway"
+
+
+def migration_base_name(name: str) -> str:
+    """A domain's own name without the suffix xl gives it while it migrates."""
+    for suffix in (INCOMING_SUFFIX, MIGRATED_AWAY_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def migrating_uuids(rows: Iterable[VerboseRow]) -> set[str]:
+    """UUIDs with a domain that xl has named as one end of a migration."""
+    return {row.uuid for row in rows if migration_base_name(row.name) != row.name}
 
 
 @dataclass(frozen=True)
@@ -64,8 +95,10 @@ def current_rows(rows: Iterable[VerboseRow]) -> dict[str, VerboseRow]:
     return chosen
 
 
-def _rank(row: VerboseRow) -> tuple[int, int]:
-    return (0 if (row.shutdown or row.dying) else 1, row.domid)
+def _rank(row: VerboseRow) -> tuple[int, int, int]:
+    # an incoming migration's domain is the domain only once it is the only one (it may fail)
+    incoming = row.name.endswith(INCOMING_SUFFIX)
+    return (0 if incoming else 1, 0 if (row.shutdown or row.dying) else 1, row.domid)
 
 
 @dataclass
@@ -77,6 +110,7 @@ class EventTracker:
     intents: dict[str, tuple[str, float]] = field(default_factory=dict)
     restarting: dict[str, tuple[float, str]] = field(default_factory=dict)
     building: dict[str, float] = field(default_factory=dict)
+    migrating: set[str] = field(default_factory=set)  # seen as one end of a migration
     baseline_taken: bool = False
 
     # -- what the helper did ----------------------------------------------------------------
@@ -110,12 +144,18 @@ class EventTracker:
     # -- what Xen shows ---------------------------------------------------------------------
 
     def observe(
-        self, rows: Mapping[str, VerboseRow], now: float, fallback_names: Mapping[str, str]
+        self,
+        rows: Mapping[str, VerboseRow],
+        now: float,
+        fallback_names: Mapping[str, str],
+        migrating: Collection[str] = (),
     ) -> list[Change]:
-        """Compare a new scan (``current_rows``) with the previous one; the events between."""
+        """Compare a new scan (``current_rows``) with the previous one; the events between.
+        ``migrating``: the scan's ``migrating_uuids``."""
         for uuid, row in rows.items():
-            if usable_name(row.name):
-                self.names[uuid] = row.name
+            if usable_name(migration_base_name(row.name)):
+                self.names[uuid] = migration_base_name(row.name)
+        self.migrating.update(migrating)
         changes: list[Change] = []
 
         def name(uuid: str) -> str:
@@ -127,7 +167,17 @@ class EventTracker:
             return changes
         for uuid, row in rows.items():
             old = self.current.get(uuid)
-            if old is None or old.domid != row.domid:
+            if old is not None and old.domid != row.domid and uuid in self.migrating:
+                changes.append(Change("migrated", uuid, name(uuid), "out"))
+                changes.append(Change("migrated", uuid, name(uuid), "in"))
+                self.intents.pop(uuid, None)
+                seen_reason = None
+            elif row.name.endswith(INCOMING_SUFFIX):
+                seen_reason = None  # not the domain yet: it is when it runs under its name
+            elif old is not None and old.domid == row.domid and old.name.endswith(INCOMING_SUFFIX):
+                changes.append(Change("migrated", uuid, name(uuid), "in"))
+                seen_reason = None
+            elif old is None or old.domid != row.domid:
                 restart = self.restarting.pop(uuid, None)
                 if restart is not None:
                     changes.append(Change("rebooted", uuid, name(uuid), restart[1]))
@@ -144,7 +194,8 @@ class EventTracker:
                 seen_reason = old.reason if old.shutdown else None
             if not row.paused:
                 self.building.pop(uuid, None)
-            if row.shutdown and row.reason != seen_reason:
+            if row.shutdown and row.reason != seen_reason and row.reason != SUSPEND:
+                # (suspended: saved or migrating; the event comes when it is gone or back)
                 if row.reason in RESTART_REASONS:
                     detail = self._restart_detail(uuid, row.reason, now)
                     self.restarting[uuid] = (now + self.restart_grace, detail)
@@ -158,7 +209,13 @@ class EventTracker:
             self.building.pop(uuid, None)
             if uuid in self.restarting:
                 continue
+            if old.name.endswith(INCOMING_SUFFIX):
+                continue  # a migration to this host that failed: it never was the domain
             reason = old.reason if old.shutdown else None
+            if uuid in self.migrating:
+                changes.append(Change("migrated", uuid, name(uuid), "out"))
+                self.intents.pop(uuid, None)
+                continue
             intent = self.intent(uuid, now)
             if reason in RESTART_REASONS or (reason is None and intent == "reboot"):
                 detail = self._restart_detail(uuid, reason, now)
@@ -177,6 +234,7 @@ class EventTracker:
                     Change("stopped", uuid, name(uuid), "reset" if detail == "reset" else "reboot")
                 )
         self.current = dict(rows)
+        self.migrating.intersection_update(migrating)  # over, one way or the other
         return changes
 
     def _restart_detail(self, uuid: str, reason: int | None, now: float) -> str:
