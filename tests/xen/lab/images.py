@@ -53,6 +53,7 @@ DOM0_MODULES = [
     "bridge",
     "crc32c_generic",  # libcrc32c (nf_tables needs it) asks the crypto API for crc32c
     "nf_tables",
+    "nft_meta_bridge",  # meta expressions (iifname) in the bridge family
     "tun",
     "e1000",
     "virtio_pci",
