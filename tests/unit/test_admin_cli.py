@@ -570,7 +570,12 @@ def test_config_template_holds_the_defaults() -> None:
     assert (parsed.state_dir, parsed.hooks_dir) == (defaults.state_dir, defaults.hooks_dir)
 
 
-def test_install_into_a_root_is_idempotent_and_keeps_admin_files(tmp_path: Path) -> None:
+def test_install_into_a_root_is_idempotent_and_keeps_admin_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The package imported here is the checkout's, which may be in a /root that tenants
+    # cannot enter; that refusal has tests of its own (test_admin_interpreter.py).
+    monkeypatch.setattr("vpsshell.admin.install.refuse_unusable_launcher", lambda group: None)
     root = tmp_path / "root"
 
     def install(*extra: str) -> Outcome:
