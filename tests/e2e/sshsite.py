@@ -219,10 +219,16 @@ def site_for_module() -> Iterator[SshSite]:
 
 
 @contextmanager
-def site_helper(site: SshSite, root: Path) -> Iterator[Helper]:
+def site_helper(
+    site: SshSite,
+    root: Path,
+    policy: str = SSH_POLICY,
+    extra_config: str = "",
+    extra_limits: str = "",
+) -> Iterator[Helper]:
     """A fresh vpsshelld in ``root``, which the site's client config points the login shells
     at until it stops; its socket as installed (only the tenants' group may connect)."""
-    helper = Helper(root, policy=SSH_POLICY)
+    helper = Helper(root, policy=policy, extra_config=extra_config, extra_limits=extra_limits)
     helper.config.write_text(
         helper.config.read_text().replace(
             f'socket_group = "{TEAM_GROUP}"', f'socket_group = "{SSH_GROUP}"'

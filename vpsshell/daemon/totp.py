@@ -5,8 +5,8 @@ file (``totp_users_file``, default /etc/vpsshell/totp/users.oath) is root-owned,
 helper, as root, writes a tenant's secret there when they enrol (``totp enroll`` shows a new
 secret, kept pending in the helper's memory; ``totp confirm CODE`` with a code from the app
 writes it), so a tenant never writes a file and never sees another tenant's secret. The file is
-changed the way liboath changes it (a POSIX lock on ``FILE.lock``, a new file renamed into
-place), so a login that updates the same file meanwhile is never lost.
+changed the way liboath changes it (``FILE.lock`` created exclusively and removed after, a new
+file renamed into place), so a login that updates the same file meanwhile is never lost.
 
 ``confirm=totp`` codes are checked here, in the helper: the secret from the users file, a code
 of the current 30-second step or the one either side, each step accepted once per tenant, and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import hashlib
 import hmac
 import os
@@ -34,6 +33,7 @@ SECRET_BYTES = 20  # RFC 4226's recommended 160 bits
 #: steps either side of now that are accepted (clock drift of the tenant's phone)
 DRIFT_STEPS = 1
 PENDING_SECONDS = 600  # a shown secret must be confirmed within this long
+LOCK_WAIT_SECONDS = 5.0  # for pam_oath to finish with the users file
 TOKEN_TYPE = f"HOTP/T{STEP_SECONDS}/{DIGITS}"
 ISSUER = "vpsshell"
 
@@ -94,11 +94,21 @@ class UsersFile:
         return None
 
     def set_secret(self, user: str, secret: bytes | None) -> None:
-        """Replace ``user``'s line (None: remove it), locked as liboath locks the file."""
+        """Replace ``user``'s line (None: remove it), locked as liboath locks the file: it
+        creates ``FILE.lock`` exclusively and removes it when done (a lock file left behind
+        makes pam_oath fail), so the helper does the same and waits for pam_oath's."""
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-        lock_fd = os.open(f"{self.path}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        lock = f"{self.path}.lock"
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                lock_fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                break
+            except FileExistsError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"{lock} is held (left behind by a crash? remove it)") from None
+                time.sleep(0.05)
         try:
-            fcntl.lockf(lock_fd, fcntl.LOCK_EX)
             kept = [
                 line
                 for line in self._lines()
@@ -118,6 +128,7 @@ class UsersFile:
                 os.close(fd)
             os.replace(tmp, self.path)
         finally:
+            os.unlink(lock)
             os.close(lock_fd)
 
 

@@ -43,7 +43,9 @@ def _key_line_from_stdin(ctx: Context) -> str:
         env.stderr.write("Paste your public key (one line, from ~/.ssh/id_ed25519.pub): ")
         env.stderr.flush()
     try:
-        line = env.stdin.readline(KEY_LINE_MAX_CHARS + 1)
+        # piped: everything, so that the helper refuses a second key rather than it being lost
+        read = env.stdin.readline if env.stdin_isatty else env.stdin.read
+        line = read(KEY_LINE_MAX_CHARS + 1)
     except (OSError, ValueError, UnicodeDecodeError):
         line = ""
     if not line.strip():
