@@ -12,6 +12,7 @@ before a reboot.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import subprocess
@@ -23,10 +24,11 @@ from pathlib import Path
 import paramiko
 import pytest
 import sshclient
-from harness import Helper, wait_until
+from harness import Helper, vpsshell_admin, wait_until
 from sshclient import SshConnection, Sshd, shipped_snippet
 from sshsite import ALICE, CAROL, SSH_GROUP, SSH_POLICY, Connect, SshSite, site_helper
 
+from vpsshell.admin.context import AdminExit
 from vpsshell.daemon.totp import totp_code
 
 KEYS_POLICY = (
@@ -359,3 +361,39 @@ def test_totp_login_needs_key_and_code_and_confirm_totp_guards_a_reboot(
         ("deny", "totp", None),
         ("allow", "totp", True),
     ]
+
+
+def test_the_admin_adds_and_removes_a_tenants_key_with_the_same_checks(
+    keys_helper: Helper, ssh: Connect, ssh_site: SshSite, tmp_path: Path
+) -> None:
+    sshd = ssh_site.sshd
+    new = KeyPair(tmp_path)
+    added = vpsshell_admin(keys_helper, "keys", "add", CAROL, stdin=new.public)
+    assert added.code == 0, added
+    assert f"added {new.fingerprint}" in added.out
+    options = vpsshell_admin(keys_helper, "keys", "add", CAROL, f"no-pty {new.public}")
+    assert options.code == AdminExit.USAGE and "options" in options.err, options
+    listed = vpsshell_admin(keys_helper, "keys", "list", CAROL, "--json")
+    assert [key["fingerprint"] for key in json.loads(listed.out)][-1] == new.fingerprint
+    live = SshConnection.open(sshd, CAROL, new.paramiko_key())
+    shell = live.terminal()
+    shell.expect(f"{CAROL}@vpsshell>")
+    own = ssh(CAROL)  # a session with carol's other key: the admin's removal ends it too
+    assert own.run("whoami").code == 0
+    removed = vpsshell_admin(keys_helper, "keys", "remove", CAROL, new.fingerprint)
+    assert removed.code == 0, removed
+    for connection in (live, own):
+        wait_until(
+            lambda c=connection: not c.client.get_transport().is_active(),  # type: ignore[misc]
+            15,
+            "a session of carol outlived the admin's removal",
+        )
+    with pytest.raises(AssertionError, match="could not log in"):
+        SshConnection.open(sshd, CAROL, new.paramiko_key())
+    last = json.loads(vpsshell_admin(keys_helper, "keys", "list", CAROL, "--json").out)
+    assert len(last) == 1
+    kept = vpsshell_admin(keys_helper, "keys", "remove", CAROL, last[0]["fingerprint"])
+    assert kept.code == AdminExit.USAGE and "--allow-last" in kept.err, kept
+    assert [
+        (e["action"], e["key"]) for e in keys_helper.audit() if e["action"].startswith("admin:keys")
+    ] == [("admin:keys-add", new.fingerprint), ("admin:keys-remove", new.fingerprint)]

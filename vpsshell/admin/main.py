@@ -174,6 +174,16 @@ def _recordings_export(ctx: AdminContext, args: argparse.Namespace, ids: Identit
     return cmd_recordings_export(ctx, args.id)
 
 
+def _keys(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
+    from vpsshell.admin import keys
+
+    if args.keys_command == "list":
+        return keys.cmd_keys_list(ctx, args.user, args.json)
+    if args.keys_command == "add":
+        return keys.cmd_keys_add(ctx, args.user, args.key)
+    return keys.cmd_keys_remove(ctx, args.user, args.fingerprint, args.allow_last)
+
+
 def _install(ctx: AdminContext, args: argparse.Namespace, ids: Identities) -> int:
     from vpsshell.admin.install import cmd_install
 
@@ -364,6 +374,23 @@ def build_parser() -> argparse.ArgumentParser:
         _recordings_export,
     )
     export.add_argument("id", metavar="ID", help="a recording ID from recordings list")
+
+    keys = command(sub, "keys", "a tenant's SSH public keys (the tenant's keys verb)", None)
+    ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="SUBCOMMAND")
+    klist = command(ksub, "list", "USER's keys: type, bits, fingerprint, comment, added", _keys)
+    klist.add_argument("user", metavar="USER")
+    klist.add_argument("--json", action="store_true", help="print JSON")
+    kadd = command(ksub, "add", "add one public key line (words, or stdin) for USER", _keys)
+    kadd.add_argument("user", metavar="USER")
+    kadd.add_argument("key", nargs="*", metavar="KEY", help="the .pub line; none: read stdin")
+    kremove = command(
+        ksub, "remove", "remove USER's key FINGERPRINT; ends USER's live sessions", _keys
+    )
+    kremove.add_argument("user", metavar="USER")
+    kremove.add_argument("fingerprint", metavar="FINGERPRINT", help="SHA256:... as list shows")
+    kremove.add_argument(
+        "--allow-last", action="store_true", help="also the last key (USER cannot log in then)"
+    )
 
     install = command(sub, "install", "install config, PAM, systemd, man pages, shell", _install)
     install.add_argument("--root", default="/", metavar="DIR", help="install into DIR (default /)")
