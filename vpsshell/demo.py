@@ -20,17 +20,19 @@ import sys
 import tempfile
 import time
 
-USAGE = "usage: vpsshell-demo [-c COMMAND]"
+USAGE = "usage: vpsshell-demo [--web] [-c COMMAND]"
 ABOUT = """\
 Starts a private vpsshell helper on a simulated host (no root, no hypervisor) and opens
 vpsshell against it: you own web1, web2 and db1; billing belongs to somebody else.
-With -c it runs one COMMAND instead (vpsshell-demo -c 'list'). Everything it started and
-wrote is removed when it exits."""
+With -c it runs one COMMAND instead (vpsshell-demo -c 'list'). With --web it also starts the
+web console on https://localhost (a self-signed certificate; xterm.js from the npm registry
+the first time) and prints a one-time link to web1's console; webconsole DOMAIN in the shell
+makes more. Everything it started and wrote is removed when it exits."""
 
 DOMAINS = (("web1", 1, 512, 3), ("web2", 2, 1024, 3), ("db1", 2, 2048, 5), ("billing", 4, 4096, 3))
 
 
-def _write_files(root: str, user: str) -> str:
+def _write_files(root: str, user: str, web_port: int | None = None) -> str:
     policy_dir = os.path.join(root, "policy.d")
     os.mkdir(policy_dir, 0o755)
     with open(os.path.join(policy_dir, "10-demo.policy"), "w") as fh:
@@ -53,8 +55,14 @@ def _write_files(root: str, user: str) -> str:
             f'console_log_dir = "{root}/console"\n'
             f'hooks_dir = "{root}/hooks.d"\n'
             'pam_service = ""\n'  # an unprivileged helper cannot check other accounts
-            '\n[backend]\ntype = "sim"\nhost = "demo"\n'
         )
+        if web_port is not None:  # the web service runs as the demo's user too
+            fh.write(
+                f'web_socket = "{root}/web.sock"\n'
+                f'web_socket_user = "{user}"\n'
+                f'web_url = "https://localhost:{web_port}/"\n'
+            )
+        fh.write('\n[backend]\ntype = "sim"\nhost = "demo"\n')
         for name, vcpus, memory, boot in DOMAINS:
             fh.write(
                 f'\n[[backend.domains]]\nname = "{name}"\nvcpus = {vcpus}\n'
@@ -79,18 +87,106 @@ def _wait_for_socket(path: str, helper: subprocess.Popen[bytes], timeout: float)
     return False
 
 
+def _free_port(preferred: int = 8443) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise OSError("no free port")
+
+
+def _start_web(root: str, port: int) -> subprocess.Popen[bytes]:
+    """vpsshell-web on localhost:``port`` with a self-signed pair, in front of the demo helper;
+    xterm.js from the installed assets, else fetched once (checked) into the user's cache."""
+    from vpsshell.web.assets import fetch_assets, missing_assets
+    from vpsshell.web.config import ASSETS_DIR
+    from vpsshell.web.main import make_self_signed
+
+    assets = ASSETS_DIR
+    if missing_assets(assets):
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        assets = os.path.join(cache, "vpsshell-web")
+        if missing_assets(assets):
+            print("vpsshell demo: fetching xterm.js from the npm registry...", flush=True)
+            fetch_assets(assets)
+    cert, key = os.path.join(root, "web-cert.pem"), os.path.join(root, "web-key.pem")
+    make_self_signed(cert, key, "localhost")
+    config = os.path.join(root, "web.toml")
+    with open(config, "w") as fh:
+        fh.write(
+            f'listen = "127.0.0.1"\nport = {port}\ntls_certificate = "{cert}"\n'
+            f'tls_key = "{key}"\nhelper_socket = "{root}/web.sock"\n'
+            f'public_url = "https://localhost:{port}/"\nassets_dir = "{assets}"\n'
+        )
+    with open(os.path.join(root, "web.log"), "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-m", "vpsshell.web.main", "--config", config],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def _first_link(sock: str) -> str:
+    """web1 started, and a one-time link to its console, asked for as the demo's tenant."""
+    from vpsshell.client import HelperClient
+
+    client = HelperClient(sock)
+    try:
+        if client.call("status", {"domain": "web1"})["state"] == "shutoff":
+            client.call("start", {"domain": "web1"})
+        return str(client.call("webconsole", {"domain": "web1"})["url"])
+    finally:
+        client.close()
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args in (["-h"], ["--help"]):
         print(USAGE + "\n\n" + ABOUT)
         return 0
+    web = args[:1] == ["--web"]
+    args = args[1:] if web else args
     if args not in ([],) and not (len(args) == 2 and args[0] == "-c"):
         print(f"{USAGE}\n(vpsshell-demo --help says more)", file=sys.stderr)
         return 64
+    if web and os.geteuid() == 0:
+        print(
+            "vpsshell-demo: --web runs as an ordinary user (vpsshell-web never runs as root)",
+            file=sys.stderr,
+        )
+        return 64
     root = tempfile.mkdtemp(prefix="vpsshell-demo-")
     helper: subprocess.Popen[bytes] | None = None
+    web_service: subprocess.Popen[bytes] | None = None
     try:
-        config = _write_files(root, getpass.getuser())
+        web_port = _free_port() if web else None
+        config = _write_files(root, getpass.getuser(), web_port)
         with open(os.path.join(root, "helper.log"), "wb") as log:
             helper = subprocess.Popen(
                 [
@@ -112,6 +208,19 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stderr.write(fh.read()[-2000:])
             print("vpsshell-demo: the demo helper did not start", file=sys.stderr)
             return 69
+        if web_port is not None:
+            web_service = _start_web(root, web_port)
+            if not _wait_for_port(web_port, web_service, 15):
+                with open(os.path.join(root, "web.log")) as fh:
+                    sys.stderr.write(fh.read()[-2000:])
+                print("vpsshell-demo: the web console did not start", file=sys.stderr)
+                return 69
+            print(
+                f"vpsshell demo: web console on https://localhost:{web_port}/ (self-signed "
+                "certificate: your browser warns once).\n"
+                f"Open web1's console (within 60 s, once): {_first_link(sock)}\n",
+                flush=True,
+            )
         if not args:
             print(
                 "vpsshell demo: a private helper with a simulated host is running.\n"
@@ -126,12 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 130
     finally:
-        if helper is not None and helper.poll() is None:
-            helper.send_signal(signal.SIGTERM)
-            try:
-                helper.wait(10)
-            except subprocess.TimeoutExpired:
-                helper.kill()
+        _stop(web_service)
+        _stop(helper)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -133,9 +133,11 @@ class WebConsole:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as raw:
-                with context.wrap_socket(raw):
-                    return True
+            with (
+                socket.create_connection(("127.0.0.1", self.port), timeout=2) as raw,
+                context.wrap_socket(raw),
+            ):
+                return True
         except OSError:
             return False
 

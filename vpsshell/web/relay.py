@@ -26,10 +26,10 @@ BROWSER_MESSAGE_MAX_BYTES = 1024  # a text message: detach, resize or pong
 MAX_WINDOW = 10000
 
 
-def to_page(kind: str, **fields: Any) -> str:
+def to_page(message_type: str, **fields: Any) -> str:
     """A message of the service's own for the page (``attached``, ``refused``): ``type``
     tells them from the helper's session messages, which carry ``event`` and pass as they are."""
-    return json.dumps({**fields, "type": kind})
+    return json.dumps({**fields, "type": message_type})
 
 
 def _window(untrusted: dict[str, Any]) -> tuple[int, int]:
@@ -151,5 +151,5 @@ async def run_console(
 
 
 async def _refuse(ws: web.WebSocketResponse, kind: str, message: str) -> None:
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(ConnectionError):  # the browser left already
         await ws.send_str(to_page("refused", kind=kind, text=message))
