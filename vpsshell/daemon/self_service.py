@@ -101,7 +101,10 @@ def _code_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:
 async def op_keys(api: TenantServices, request: Request, target: Target | None) -> Any:
     """The caller's SSH public keys, as sshd will read them at the next login."""
     user = request.caller.user
-    entries = await asyncio.to_thread(_service(api).key_file(user, api.limits).entries)
+    try:
+        entries = await asyncio.to_thread(_service(api).key_file(user, api.limits).entries)
+    except OSError as exc:
+        raise TemporaryFailure(f"your key file cannot be read ({exc}); try later") from None
     return {
         "user": user,
         "keys": [entry.to_json() for entry in entries],
@@ -164,7 +167,11 @@ async def op_totp_enroll(api: TenantServices, request: Request, target: Target |
     who has one already gives a code of it first (so a left-open session cannot replace it)."""
     checker = _service(api).totp
     caller = request.caller
-    if await asyncio.to_thread(checker.enrolled, caller.user):
+    try:
+        enrolled = await asyncio.to_thread(checker.enrolled, caller.user)
+    except OSError as exc:
+        raise TemporaryFailure(f"the second factor cannot be read ({exc}); try later") from None
+    if enrolled:
         request.audit["confirm"] = "totp"
         locked = checker.locked_for(caller.uid)
         if locked > 0:
@@ -197,6 +204,8 @@ async def op_totp_confirm(api: TenantServices, request: Request, target: Target 
         )
     except LookupError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise TemporaryFailure(f"the second factor cannot be saved ({exc}); try later") from None
     request.audit["totp"] = "confirm"
     if not accepted:
         raise Denied("code not accepted; check the time on your device and try again")
