@@ -18,18 +18,18 @@ whatever the guest wrote while the hub was busy (what the sim backend does); "4 
 to the loop after every write, so the hub handles each 4 KiB write on its own (what a backend
 reading a pty or a libvirt stream 4 KiB at a time would cost). What the guest prints
 (``--output``): ``text``, lines of a boot log and a coloured ``ls`` (escape sequences, CR LF,
-some UTF-8), or ``binary``, every byte value, the worst case for a recording (control bytes and
-bytes that are not UTF-8 take six bytes each in its JSON).
+some UTF-8), or ``binary``, every byte value (a recording keeps output raw, so both cost it
+the same).
 
 Recording off and on. Every throughput run is made twice, back to back, with helpers that differ
 only in ``console_recordings`` (false, true); the table gives the on/off ratio of each variant
-(the median of the rounds' ratios) against the target: recording costs at most 20 %. Each
-session of an "on" run is recorded (one recording per client). A recording stops at
-``console_recording_bytes`` (8 MiB by default, at most 1 GiB in the config file), which a
-fast run passes within a second; the "on" runs raise it to 1 TiB, and the caps per domain and in
-all with it (else finished recordings would be removed as the sessions end), in the helper's
-config object. After each run every recording must end with its "session ended" marker (one
-stopped at its cap ends with another), then it is removed.
+(the median of the rounds' ratios) against the target: recording costs at most 20 %. An "on"
+run records the console while its clients are attached (one recording for all of them). A
+recording stops at ``console_recording_bytes`` (8 MiB by default, at most 1 GiB in the config
+file), which a fast run passes within a second; the "on" runs raise it to 1 TiB, and the caps
+per domain and in all with it (else the finished recording would be removed at once), in the
+helper's config object. After each run the recording must have ended (its info says when) and
+hold every byte sent, then it is removed.
 
 The full stack through typed input (``echo`` lines) would measure the sim guest's per-byte
 Python line discipline, a few MiB/s, not the hub; that is why output is injected.
@@ -489,24 +489,17 @@ def recordings_directory(helper: Helper) -> str | None:
 
 
 def check_recordings(directory: str, clients: int) -> int:
-    """The largest of the last run's ``clients`` recordings, each of which must end with its
-    "session ended" marker (a recording stopped at its size cap ends with another); then
-    the recordings are removed, so that runs do not fill the disk."""
-    names = [name for name in os.listdir(directory) if name.endswith(".cast")]
-    if len(names) != clients:
-        raise RuntimeError(f"{len(names)} recordings for {clients} sessions in {directory}")
-    largest = 0
-    for name in names:
-        path = os.path.join(directory, name)
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - 4096))
-            last = handle.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
-        if b'"m", "session ended' not in last:
-            raise RuntimeError(f"recording {name} did not run to the end: {last[-200:]!r}")
-        largest = max(largest, size)
-        os.unlink(path)
-    return largest
+    """The size of the last run's recording (one for all ``clients``), which must have ended;
+    then its files are removed, so that runs do not fill the disk."""
+    from vpsshell.recording_format import list_directory
+
+    found = list_directory(directory)
+    if len(found) != 1 or found[0].ended is None:
+        raise RuntimeError(f"{len(found)} recordings, or one not ended, in {directory}")
+    size = found[0].size
+    for name in os.listdir(directory):
+        os.unlink(os.path.join(directory, name))
+    return size
 
 
 # -- keystroke round trips through a real vpsshelld ----------------------------------------
@@ -588,9 +581,8 @@ THROUGHPUT_RUNS = (
 RAW_PTY = "raw pty, master -> raw slave"
 LATENCY_RUNS = (("vpsshelld + sim guest", 0), ("vpsshelld + sim guest, 10 watchers", 10))
 RECORDING_STATES = ("off", "on")  # console_recordings = false / true, same helper otherwise
-# Per recording in the "on" runs, instead of the default 8 MiB at which a recording stops:
-# a recording holds up to about 6 bytes per guest byte (bytes that are not UTF-8 become
-# "\ufffd", control characters "\u00XX"), and a coalesced run sends over 1 GiB.
+# Per recording in the "on" runs, instead of the default 8 MiB at which a recording stops: a
+# coalesced run sends over 1 GiB.
 RECORDING_BYTES = 1 << 40
 
 

@@ -1,7 +1,8 @@
-"""Console recordings as real tenants and a real admin on the sim backend: each session (the
-writer's and a watcher's) recorded as asciicast v2 with output, the writer's input, resizes and
-markers; ``recordings``/``recording`` for the domain's tenants only; ``vpsshell-admin
-recordings list|export``; the file plays in ``asciinema play``; the limits on size."""
+"""Console recordings as real tenants and a real admin on the sim backend: a console recorded
+while anyone is attached (writer and watchers: one stream) as asciicast v2 with output, the
+writer's input, resizes and markers of who attached, took over and detached;
+``recordings``/``recording`` for the domain's tenants only; ``vpsshell-admin recordings
+list|export``; the export plays in ``asciinema play``; the limits on size."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_a_session_is_recorded_and_plays_in_asciinema(helper: Helper, open_dir: 
     session.wait()
 
     (listed,) = finished(helper, 1)
-    assert (listed["user"], listed["mode"], listed["domain"]) == ("vpst-alice", "write", "web1")
+    assert (listed["users"], listed["domain"]) == (["vpst-alice"], "web1")
     assert listed["bytes"] > 0 and listed["seconds"] >= 0
 
     code, cast, err = fetch(helper, "vpst-alice", listed["id"])
@@ -90,7 +91,9 @@ def test_a_session_is_recorded_and_plays_in_asciinema(helper: Helper, open_dir: 
     assert "recorded-42" in output  # what the guest printed
     assert "echo recorded-42" in typed  # what the writer typed
     assert ["r", "120x40"] in [e[1:] for e in events]
-    assert events[-1][1:] == ["m", "session ended: detached"]
+    markers = [e[2] for e in events if e[1] == "m"]
+    assert markers[0] == "vpst-alice attached (write)"
+    assert markers[-2:] == ["vpst-alice detached (write): detached", "recording ended: detached"]
     times = [e[0] for e in events]
     assert times == sorted(times)
 
@@ -117,7 +120,7 @@ def test_a_session_is_recorded_and_plays_in_asciinema(helper: Helper, open_dir: 
     assert player.exitstatus == 0
 
 
-def test_watchers_are_recorded_without_input_and_a_takeover_is_marked(open_dir: Path) -> None:
+def test_one_recording_holds_writer_watcher_and_takeover(open_dir: Path) -> None:
     helper = Helper(open_dir / "helper", policy=VIEWER_POLICY).start()
     try:
         start_and_wait(helper, "vpst-alice", "web1")
@@ -137,21 +140,22 @@ def test_watchers_are_recorded_without_input_and_a_takeover_is_marked(open_dir: 
             session.expect("detached")
             session.wait()
 
-        found = finished(helper, 3)
-        by_mode = {(r["user"], r["mode"]): r for r in found}
-        assert len(found) == 3
-        first = next(r for r in found if r["user"] == "vpst-alice")  # the one taken over
-        _, first_events = cast_events(fetch(helper, "vpst-alice", first["id"])[1])
-        markers = [e[2] for e in first_events if e[1] == "m"]
-        assert markers[-2:] == ["taken over by vpst-alice", "session ended: takeover"]
-
-        watched = by_mode[("vpst-bob", "watch")]
-        code, cast, err = fetch(helper, "vpst-bob", watched["id"])  # bob may: log on web1
+        (listed,) = finished(helper, 1)  # one stream, one recording, for all three sessions
+        assert listed["users"] == ["vpst-alice", "vpst-bob"]
+        code, cast, err = fetch(helper, "vpst-bob", listed["id"])  # bob may: log on web1
         assert code == 0, err
-        header, events = cast_events(cast)
-        assert header["vpsshell"]["mode"] == "watch"
+        _, events = cast_events(cast)
+        markers = [e[2] for e in events if e[1] == "m"]
+        assert markers[:4] == [
+            "vpst-alice attached (write)",
+            "vpst-bob attached (watch)",
+            "vpst-alice detached (write): takeover",
+            "vpst-alice took over (write)",
+        ]
+        assert markers[-1].startswith("recording ended: ")
         assert "seen-by-both" in "".join(e[2] for e in events if e[1] == "o")
-        assert not [e for e in events if e[1] == "i"]  # a watcher's keys reach nothing
+        typed = "".join(e[2] for e in events if e[1] == "i")
+        assert "echo seen-by-both" in typed  # the writer's keys, and no watcher's
         assert "typed-by-the-watcher" not in cast.decode()
     finally:
         helper.stop()
@@ -220,14 +224,16 @@ def test_recordings_stay_within_their_limits_oldest_removed_first(open_dir: Path
         kept = [r["id"] for r in recordings(helper)]
         directory = helper.root / "recordings"
         sizes = {p.name: p.stat().st_size for p in directory.iterdir()}
+        streams = {name: size for name, size in sizes.items() if name.endswith(".rec")}
         # each one stopped at its own limit, with a word why
-        assert all(size <= 3000 for size in sizes.values()), sizes
+        assert all(size <= 3000 for size in streams.values()), sizes
         _, events = cast_events(fetch(helper, "vpst-alice", ids[-1])[1])
-        assert ["m", "recording stopped: size limit reached"] in [e[1:] for e in events]
+        assert ["m", "recording stopped: it reached its size limit"] in [e[1:] for e in events]
         # the domain's share holds: the oldest went, the newest stayed
-        assert sum(sizes.values()) <= 4000
+        assert sum(streams.values()) <= 4000
         assert kept == [i for i in ids if i in kept] and ids[-1] in kept and ids[0] not in kept
-        assert sorted(f"{i}.cast" for i in kept) == sorted(sizes)
+        assert sorted(f"{i}.rec" for i in kept) == sorted(streams)
+        assert sorted(f"{i}.json" for i in kept) == sorted(set(sizes) - set(streams))
         # and the helper knows them after a restart
         helper.stop()
         helper.start()

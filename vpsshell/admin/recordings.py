@@ -1,21 +1,18 @@
-"""``vpsshell-admin recordings list|export``: the console sessions the helper recorded.
+"""``vpsshell-admin recordings list|export``: the consoles the helper recorded.
 
 Both read the recordings directory of the helper's config themselves (the helper need not run):
-``list`` the headers, ``export`` one file as it is, an asciicast v2 that ``asciinema play``
-plays. What a recording's header says (a user, a domain name) is printed inert.
+``list`` the info files, ``export`` one recording as asciicast v2, which ``asciinema play``
+plays. What a recording's info says (user and domain names) is printed inert.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from vpsshell.admin.auditlog import inert
 from vpsshell.admin.context import AdminContext, AdminError, AdminExit
-from vpsshell.daemon.recordings import is_recording_id, list_directory, read_info
-
-EXPORT_CHUNK_BYTES = 64 * 1024
+from vpsshell.recording_format import asciicast_lines, is_recording_id, list_directory, read_info
 
 
 def cmd_recordings_list(
@@ -25,7 +22,7 @@ def cmd_recordings_list(
     found = [
         info
         for info in list_directory(directory)
-        if (domain is None or info.domain == domain) and (user is None or info.user == user)
+        if (domain is None or info.domain == domain) and (user is None or user in info.users())
     ]
     now = time.time()
     if as_json:
@@ -35,14 +32,14 @@ def cmd_recordings_list(
     if not found:
         ctx.note(f"no recordings in {directory}")
         return AdminExit.OK
-    ctx.out(
-        f"{'ID':<22} {'STARTED':<20} {'DOMAIN':<16} {'USER':<12} {'MODE':<5} {'SECONDS':>8} SIZE"
-    )
+    ctx.out(f"{'ID':<22} {'STARTED':<20} {'DOMAIN':<16} {'SECONDS':>8} {'BYTES':>9}  USERS")
     for info in found:
         row = info.to_json(now)
+        users = ", ".join(inert(name) for name in info.users())
+        more = f" (+{info.more_attached} attaches)" if info.more_attached else ""
         ctx.out(
             f"{info.id:<22} {row['started']:<20} {inert(info.domain):<16} "
-            f"{inert(info.user):<12} {inert(info.mode):<5} {row['seconds']:>8} {info.size}"
+            f"{row['seconds']:>8} {info.size:>9}  {users}{more}"
         )
     return AdminExit.OK
 
@@ -51,23 +48,16 @@ def cmd_recordings_export(ctx: AdminContext, rec_id: str) -> int:
     if not is_recording_id(rec_id):
         raise AdminError(f"{rec_id!r} is not a recording ID (see: vpsshell-admin recordings list)")
     directory = ctx.config.recordings_path
-    path = os.path.join(directory, f"{rec_id}.cast")
-    if read_info(path, rec_id) is None:
+    info = read_info(directory, rec_id)
+    if info is None:
         raise AdminError(f"no recording {rec_id} in {directory}")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AdminError(f"{path}: {exc.strerror}") from None
     ctx.stdout.flush()
     out = getattr(ctx.stdout, "buffer", None)
-    try:
-        while chunk := os.read(fd, EXPORT_CHUNK_BYTES):
-            if out is not None:
-                out.write(chunk)
-            else:
-                ctx.stdout.write(chunk.decode("utf-8", errors="replace"))
-    finally:
-        os.close(fd)
+    for line in asciicast_lines(directory, info):
+        if out is not None:
+            out.write(line)
+        else:
+            ctx.stdout.write(line.decode("ascii"))
     if out is not None:
         out.flush()
     return AdminExit.OK

@@ -61,6 +61,7 @@ class Limits:
     console_log_keep_domains: int = 1000  # logs of domains gone are kept for at most this many
     console_recording_bytes: int = 8 * 1024 * 1024  # one session's recording stops growing here
     console_recordings_bytes_per_domain: int = 64 * 1024 * 1024  # then its oldest are removed
+    console_recordings_per_domain: int = 1000  # recordings kept per domain; then the oldest go
     console_recordings_bytes: int = 1024 * 1024 * 1024  # all together; then the oldest go
     console_recordings_keep_days: int = 30  # a recording older than this is removed
     events_history: int = 1000  # events kept in memory for ``events`` (all domains together)

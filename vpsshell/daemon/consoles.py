@@ -30,8 +30,9 @@ from vpsshell.backends.base import Backend, ConsoleStream, DomainInfo, HostEvent
 from vpsshell.daemon.config import Limits
 from vpsshell.daemon.console_log import ConsoleLog, expire_logs
 from vpsshell.daemon.peer import Caller
-from vpsshell.daemon.recordings import Recording, RecordingStore, list_directory
+from vpsshell.daemon.recordings import Recording, RecordingStore
 from vpsshell.errors import TemporaryFailure, VpsError
+from vpsshell.recording_format import list_directory
 
 log = logging.getLogger("vpsshell.console")
 
@@ -40,6 +41,7 @@ REOPEN_DELAY_MAX_SECONDS = 60.0  # backing off while it keeps failing; events wa
 # An attachment whose session has not begun this long after the attach (its request's reply
 # never went out) is detached, so nothing on that path can hold a console slot.
 SESSION_START_SECONDS = 30.0
+RECORDINGS_FLUSH_SECONDS = 5.0  # at the helper's stop, for the recordings' last records
 LOG_EXPIRY_INTERVAL_SECONDS = 3600.0  # how often logs of domains long gone are looked for
 EVENT_NOTICES = {
     "started": "{name} started",
@@ -108,7 +110,6 @@ class Attachment:
         self.closed_reason: str | None = None
         self.hub: ConsoleHub | None = None
         self.session_started = False
-        self.recording: Recording | None = None
         self.size: tuple[int, int] | None = None  # rows, cols of the tenant's terminal, if any
         self.via: str | None = None  # "web": a browser through vpsshell-web
 
@@ -128,13 +129,12 @@ class Attachment:
 
     def notice(self, text: str) -> None:
         self._push(protocol.encode_message(protocol.notice(text)), force=True)
-        if self.recording is not None:
-            self.recording.marker(text)
 
     def resize(self, rows: int, cols: int) -> None:
-        """The tenant's window changed size (serial consoles have none: only recorded)."""
-        if self.recording is not None and (rows, cols) != self.size:
-            self.recording.resize(rows, cols)
+        """The tenant's window changed size (serial consoles have none: the writer's goes in
+        the console's recording)."""
+        if (rows, cols) != self.size and self.hub is not None:
+            self.hub.resized(self, rows, cols)
         self.size = (rows, cols)
 
     def close(self, reason: str, text: str) -> None:
@@ -144,9 +144,6 @@ class Attachment:
         self._push(protocol.encode_message(protocol.closed(reason, text)), force=True)
         self.closed_reason = reason
         self._ready.set()
-        if self.recording is not None:
-            self.recording.close(reason)
-            self.recording = None
 
     async def next_frames(self) -> list[bytes]:
         """Frames to send; an empty list once closed and drained."""
@@ -173,6 +170,7 @@ class ConsoleHub:
     ) -> None:
         self.backend = backend
         self.recordings = recordings
+        self.recording: Recording | None = None  # while anyone is attached
         self.uuid = info.uuid
         self.name = info.name
         self.log = console_log
@@ -208,6 +206,9 @@ class ConsoleHub:
     async def stop(self) -> None:
         for attachment in list(self.attachments):
             attachment.close("helper-stopping", "the vpsshell helper is stopping")
+        if self.recording is not None:
+            self.recording.close("the helper stopped")
+            self.recording = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -256,12 +257,12 @@ class ConsoleHub:
         if len(self.ring) > self.ring_bytes:
             del self.ring[: len(self.ring) - self.ring_bytes]
         self.log.append(data)
+        if self.recording is not None:
+            self.recording.output(data)
         frames = data_frames(data)
         for attachment in list(self.attachments):
             if not attachment.offer_frames(frames):
                 self.detach(attachment, "too-slow", "your connection could not keep up; detached")
-            elif attachment.recording is not None:
-                attachment.recording.output(data)
 
     def attach(self, attachment: Attachment, *, takeover: bool, replay: int) -> None:
         """Add an attachment, or raise ``TemporaryFailure`` with why not. Never awaits: the
@@ -288,20 +289,16 @@ class ConsoleHub:
                 )
             displaced = self.writer
             marker = "took-over"
-            if displaced.recording is not None:
-                displaced.recording.marker(f"taken over by {attachment.caller.user}")
             self.detach(
                 displaced,
                 "takeover",
                 f"console of {self.name} taken over by {attachment.caller.user}",
             )
         attachment.hub = self
-        self._record(attachment)
-        if replay > 0 and self.ring:
-            scrollback = bytes(self.ring[-replay:])
+        scrollback = bytes(self.ring[-replay:]) if replay > 0 else b""
+        if scrollback:
             attachment.offer_frames(data_frames(scrollback))
-            if attachment.recording is not None:
-                attachment.recording.output(scrollback)
+        self._record(attachment, scrollback, "took over" if marker == "took-over" else marker)
         self.attachments.append(attachment)
         self.log.mark(marker, attachment.caller.user, attachment.mode)
         if attachment.mode == "write":
@@ -310,18 +307,23 @@ class ConsoleHub:
             SESSION_START_SECONDS, self._detach_if_unclaimed, attachment
         )
 
-    def _record(self, attachment: Attachment) -> None:
-        if self.recordings is None:
-            return
-        rows, cols = attachment.size or (None, None)
-        attachment.recording = self.recordings.begin(
-            domain=self.name,
-            uuid=self.uuid,
-            user=attachment.caller.user,
-            mode=attachment.mode,
-            rows=rows,
-            cols=cols,
-        )
+    def _record(self, attachment: Attachment, scrollback: bytes, how: str) -> None:
+        """The console's recording notes a session attached; the first one begins it, with
+        the scrollback that session was shown and its window's size."""
+        if self.recording is None and self.recordings is not None and not self.attachments:
+            self.recording = self.recordings.begin(
+                domain=self.name, uuid=self.uuid, size=attachment.size
+            )
+            if self.recording is not None and scrollback:
+                self.recording.output(scrollback)
+        elif self.recording is not None and attachment.mode == "write" and attachment.size:
+            self.recording.resize(*attachment.size)  # the new writer's window from now on
+        if self.recording is not None:
+            self.recording.attached(attachment.caller.user, attachment.mode, how)
+
+    def resized(self, attachment: Attachment, rows: int, cols: int) -> None:
+        if self.recording is not None and attachment is self.writer:
+            self.recording.resize(rows, cols)
 
     def _detach_if_unclaimed(self, attachment: Attachment) -> None:
         if not attachment.session_started and attachment in self.attachments:
@@ -334,6 +336,13 @@ class ConsoleHub:
             self.log.mark("detached", attachment.caller.user, attachment.mode)
             if self.writer is attachment:
                 self.writer = None
+            if self.recording is not None:
+                self.recording.marker(
+                    f"{attachment.caller.user} detached ({attachment.mode}): {reason}"
+                )
+                if not self.attachments and reason != "takeover":  # the taker goes on with it
+                    self.recording.close(reason)
+                    self.recording = None
             self._on_detach(attachment, reason)
         attachment.close(reason, text)
 
@@ -341,8 +350,8 @@ class ConsoleHub:
         """Keystrokes from a client: only the current writer's reach the guest."""
         if attachment is not self.writer or self._stream is None:
             return
-        if attachment.recording is not None:
-            attachment.recording.input(data)
+        if self.recording is not None:
+            self.recording.input(data)
         try:
             await self._stream.write(data)
         except VpsError:
@@ -351,6 +360,8 @@ class ConsoleHub:
     def notice(self, text: str) -> None:
         for attachment in self.attachments:
             attachment.notice(text)
+        if self.recording is not None:
+            self.recording.marker(text)
 
 
 class ConsoleManager:
@@ -447,6 +458,10 @@ class ConsoleManager:
             self._expiry.cancel()
         for hub in list(self.hubs.values()):
             await hub.stop()
+        if self.recordings is not None:  # the recordings' last records reach the disk
+            if not await asyncio.to_thread(self.recordings.writer.flush, RECORDINGS_FLUSH_SECONDS):
+                log.error("console recordings were not all written in time; their ends are lost")
+            await asyncio.sleep(0)  # their ends (callbacks of the writer) are noted
 
     async def expire_logs_now(self) -> list[str]:
         """One pass of the log expiry; returns the UUIDs whose logs were removed."""

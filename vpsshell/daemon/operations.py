@@ -37,9 +37,10 @@ from vpsshell.daemon.operation import (
     int_value,
     refuse_unknown,
 )
-from vpsshell.daemon.recordings import MAX_DIMENSION, is_recording_id, send_file
+from vpsshell.daemon.recordings import MAX_DIMENSION, send_recording
 from vpsshell.daemon.web_tokens import NEEDS_CONFIRMATION, ConsoleLinks
 from vpsshell.errors import ActionFailed, Denied, TemporaryFailure, UsageError
+from vpsshell.recording_format import is_recording_id
 from vpsshell.since import parse_since
 
 if TYPE_CHECKING:
@@ -364,7 +365,7 @@ async def op_log(api: TenantServices, request: Request, target: Target | None) -
 @operation("recordings", action="log", domain="required")
 async def op_recordings(api: TenantServices, request: Request, target: Target | None) -> Any:
     """The console recordings of the domain (its UUID now: none of a domain that held the
-    name before), newest last."""
+    name before), oldest first."""
     assert target is not None
     store = api.consoles.recordings
     found = store.for_domain(target.info.uuid) if store is not None else []
@@ -383,8 +384,8 @@ def _recording_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]
 
 @operation("recording", args=_recording_args)
 async def op_recording(api: TenantServices, request: Request, target: Target | None) -> Any:
-    """One recording, as it is on disk (asciicast v2): the reply says its size, then the
-    connection carries it in ``CONSOLE_DATA`` frames and closes. Allowed as ``log`` on the
+    """One recording as asciicast v2: after the reply the connection carries it in
+    ``CONSOLE_DATA`` frames, then a ``closed`` message (``complete``). Allowed as ``log`` on the
     recording's domain, while that name still stands for the recorded UUID; a recording that
     does not exist and one that is not the caller's get the same answer."""
     rec_id: str = request.args["id"]
@@ -405,12 +406,12 @@ async def op_recording(api: TenantServices, request: Request, target: Target | N
         request.audit["decision"] = "deny"
         request.audit["reason"] = "the name stands for another domain now"
         raise unknown
-    path, size = store.path_of(rec_id), info.size
+    directory = store.directory
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await send_file(path, size, writer)
+        await send_recording(directory, info, writer)
 
-    return ReplyThenSession({"id": rec_id, "domain": info.domain, "bytes": size}, session)
+    return ReplyThenSession({"id": rec_id, "domain": info.domain}, session)
 
 
 def _sysrq_args(untrusted: dict[str, Any], limits: Limits) -> dict[str, Any]:

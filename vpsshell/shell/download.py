@@ -1,5 +1,6 @@
 """The tenant's end of a download (``recording ID``): the bytes the helper sends after its reply
-go to stdout unchanged, and the count is checked against what the reply announced."""
+go to stdout unchanged, until its ``closed`` message says the download is ``complete``; a
+connection that ends without it (the helper stopped, a recording cut short) is an error."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ def _exactly(sock: socket.socket, count: int) -> bytes | None:
 
 
 def receive(sock: socket.socket, result: Any, env: Environment) -> ExitCode:
-    announced = result.get("bytes") if isinstance(result, dict) else None
     received = 0
+    complete = False
     sock.settimeout(RECV_SECONDS)
     env.stdout.flush()  # whatever was written as text goes first
     out = getattr(env.stdout, "buffer", None)
@@ -37,7 +38,11 @@ def receive(sock: socket.socket, result: Any, env: Environment) -> ExitCode:
             frame_type, length = protocol.parse_header(header)
             payload = _exactly(sock, length) or b""
             if frame_type != protocol.FRAME_CONSOLE_DATA:
-                continue  # a message (none is sent now): not part of the file
+                message = protocol.decode_message(payload)
+                if message.get("event") == protocol.EVENT_CLOSED:
+                    complete = message.get("reason") == "complete"
+                    break
+                continue  # another message: not part of the file
             if out is not None:
                 out.write(payload)
             else:
@@ -50,6 +55,6 @@ def receive(sock: socket.socket, result: Any, env: Environment) -> ExitCode:
     finally:
         sock.close()
         env.stdout.flush()
-    if isinstance(announced, int) and received != announced:
-        raise Unavailable(f"the download ended after {received} of {announced} bytes")
+    if not complete:
+        raise Unavailable(f"the download ended early, after {received} bytes")
     return ExitCode.OK

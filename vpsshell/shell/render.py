@@ -233,23 +233,23 @@ def verb_help_lines(verb: dict[str, Any]) -> list[str]:
     return lines
 
 
-RECORDING_COLUMNS = ("ID", "STARTED", "USER", "MODE", "LENGTH", "SIZE")
+RECORDING_COLUMNS = ("ID", "STARTED", "LENGTH", "SIZE", "USERS")
 
 
 def recording_row(recording: Any) -> tuple[str, ...]:
-    """One line of ``recordings``; a session still going shows its length so far with +."""
+    """One line of ``recordings``; a recording still going shows its length so far with +."""
     if not isinstance(recording, dict):
         return ("?",) * len(RECORDING_COLUMNS)
     seconds = recording.get("seconds")
     length = format_uptime(int(seconds)) if isinstance(seconds, int | float) else "?"
     size = recording.get("bytes")
+    users = recording.get("users")
     return (
         inert(recording.get("id")),
         inert(recording.get("started")),
-        inert(recording.get("user")),
-        inert(recording.get("mode")),
         length + ("+" if recording.get("active") else ""),
         format_bytes(size) if isinstance(size, int) else "?",
+        ", ".join(inert(u) for u in users) if isinstance(users, list) else "?",
     )
 
 
