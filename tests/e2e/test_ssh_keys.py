@@ -92,38 +92,37 @@ class KeyPair:
 
 
 def openssh(
-    sshd: Sshd, user: str, identity: Path, command: str, stdin: str = ""
+    sshd: Sshd, user: str, identity: Path, command: str, stdin: str = "", code: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """OpenSSH's ``ssh -i IDENTITY user@sshd COMMAND``, checking the host key, no agent."""
+    """OpenSSH's ``ssh -i IDENTITY user@sshd COMMAND``, checking the host key, no agent;
+    with ``code``, keyboard-interactive prompts are answered with it (through SSH_ASKPASS)."""
     known_hosts = identity.parent / "known_hosts"
     blob = sshd.host_key.get_base64()
     known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key.get_name()} {blob}\n")
+    environment = {"PATH": "/usr/bin:/bin"}
+    options = {
+        "IdentitiesOnly": "yes",
+        "IdentityAgent": "none",
+        "BatchMode": "no" if code else "yes",
+        "NumberOfPasswordPrompts": "1",
+        "UserKnownHostsFile": str(known_hosts),
+        "StrictHostKeyChecking": "yes",
+    }
+    if code:
+        askpass = identity.parent / "askpass"
+        askpass.write_text(f"#!/bin/sh\necho {code}\n")
+        os.chmod(askpass, 0o700)
+        environment.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force")
+    argv = ["ssh", "-F", "/dev/null", "-i", str(identity), "-p", str(sshd.port)]
+    for name, value in options.items():
+        argv += ["-o", f"{name}={value}"]
     return subprocess.run(
-        [
-            "ssh",
-            "-F",
-            "/dev/null",
-            "-i",
-            str(identity),
-            "-p",
-            str(sshd.port),
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
-            f"{user}@127.0.0.1",
-            command,
-        ],  # fmt: skip
+        [*argv, f"{user}@127.0.0.1", command],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
+        env=environment,
     )
 
 
@@ -310,6 +309,7 @@ def test_totp_login_needs_key_and_code_and_confirm_totp_guards_a_reboot(
     ssh: Connect,
     ssh_site: SshSite,
     open_dir: Path,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     users_file = open_dir / "totp" / "users.oath"
@@ -339,6 +339,12 @@ def test_totp_login_needs_key_and_code_and_confirm_totp_guards_a_reboot(
             assert channel.recv_exit_status() == 0 and '"user": "vpss-alice"' in out, out
         finally:
             transport.close()
+        # OpenSSH's ssh too; pam_oath takes each code once, so the next step's (window=1)
+        identity = private_file(tmp_path, key)
+        refused = openssh(sshd, ALICE, identity, "whoami", code=wrong(code_at(secret, time.time())))
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr, refused
+        logged_in = openssh(sshd, ALICE, identity, "whoami", code=code_at(secret, time.time() + 30))
+        assert logged_in.returncode == 0 and "vpss-alice" in logged_in.stdout, logged_in
 
     # confirm=totp: web1's reboot asks for a code; a wrong one is asked again
     started = connection.run("start web1")
@@ -348,8 +354,8 @@ def test_totp_login_needs_key_and_code_and_confirm_totp_guards_a_reboot(
     )
     shell = connection.terminal("reboot web1")
     shell.expect("reboot web1 needs a code from your authenticator app. Code: ")
-    # the code of the step after the one enrolment used: each step is accepted once
-    right = code_at(secret, (step + 1) * 30)
+    # a step after the one enrolment used (each step is accepted once), and not in the past
+    right = code_at(secret, max(step + 1, int(time.time() // 30)) * 30)
     shell.send(wrong(right) + "\r")
     shell.expect("code not accepted. Code: ")
     shell.send(right + "\r")
@@ -397,3 +403,18 @@ def test_the_admin_adds_and_removes_a_tenants_key_with_the_same_checks(
     assert [
         (e["action"], e["key"]) for e in keys_helper.audit() if e["action"].startswith("admin:keys")
     ] == [("admin:keys-add", new.fingerprint), ("admin:keys-remove", new.fingerprint)]
+
+
+def test_a_key_pasted_at_the_interactive_shells_prompt_is_added(
+    keys_helper: Helper, ssh: Connect, tmp_path: Path
+) -> None:
+    new = KeyPair(tmp_path)
+    shell = ssh(ALICE).terminal()
+    shell.expect(f"{ALICE}@vpsshell>")
+    shell.line("keys add", "Paste your public key")
+    shell.send(new.public.strip() + "\r")
+    shell.expect(f"added {re.escape(new.fingerprint)}")
+    shell.line("keys", re.escape(new.fingerprint))
+    shell.expect(f"2 of at most {KEYS_PER_USER} keys")
+    shell.send("exit\r")
+    assert shell.exit_status() == 0
