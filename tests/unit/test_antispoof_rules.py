@@ -188,6 +188,7 @@ def test_xen_vifs_come_from_the_running_domains_config(
         hook.Vif(1, "web1-lan", "00:16:3e:00:00:05", (), (), ("web1-lan-emu",)),
     ]
     listing[:] = [listing[0]]
+    monkeypatch.setattr(hook, "DOMAIN_WAIT_SECONDS", 0.0)  # (it waits for a domain being built)
     with pytest.raises(hook.HookError, match="no running Xen domain"):
         hook.xen_vifs(UUID)
 
