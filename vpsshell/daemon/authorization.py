@@ -126,19 +126,18 @@ class Authorizer:
             await self._confirm_code(request, action, audit)
             return
         caller = request.caller
+        what = f"{action} {request.domain}" if request.domain else action
         audit["confirm"] = "password"
         if not self.passwords.service:
             audit["decision"] = "deny"
             audit["reason"] = "confirm=password but PAM is off (pam_service)"
-            raise Denied(f"{request.domain}: this action needs a password, which is not set up")
-        locked = self.passwords.locked_for(caller.uid)
-        if locked > 0:
-            audit["decision"] = "deny"
-            audit["reason"] = "password lockout"
-            raise TemporaryFailure(f"too many wrong passwords; try again in {int(locked) + 1} s")
+            raise Denied(
+                f"{request.domain or action}: this action needs a password, which is not set up"
+            )
+        _refuse_while_locked(self.passwords.locked_for(caller.uid), "password", audit)
         if request.password is None:
             audit["decision"] = "confirm"
-            raise ConfirmRequired(f"{action} {request.domain} needs your password")
+            raise ConfirmRequired(f"{what} needs your password")
         outcome, reason = await self.passwords.check(caller.uid, caller.user, request.password)
         if outcome is Outcome.ACCEPTED:
             audit["confirmed"] = True
@@ -161,11 +160,7 @@ class Authorizer:
             audit["decision"] = "deny"
             audit["reason"] = "confirm=totp but no second factor enrolled"
             raise Denied(f"{what} needs a one-time code, and you have none yet: run totp enroll")
-        locked = checker.locked_for(caller.uid)
-        if locked > 0:
-            audit["decision"] = "deny"
-            audit["reason"] = "code lockout"
-            raise TemporaryFailure(f"too many wrong codes; try again in {int(locked) + 1} s")
+        _refuse_while_locked(checker.locked_for(caller.uid), "code", audit)
         if request.password is None:
             audit["decision"] = "confirm"
             raise ConfirmRequired(f"{what} needs a code from your authenticator app")
@@ -217,3 +212,11 @@ class Authorizer:
         if self.accounts is None:
             return False
         return await self.accounts.refusal(caller.uid, caller.user, max_age) is not None
+
+
+def _refuse_while_locked(locked: float, secret: str, audit: dict[str, Any]) -> None:
+    """Refuse as temporary while the caller is locked out after wrong ``secret``s."""
+    if locked > 0:
+        audit["decision"] = "deny"
+        audit["reason"] = f"{secret} lockout"
+        raise TemporaryFailure(f"too many wrong {secret}s; try again in {int(locked) + 1} s")
