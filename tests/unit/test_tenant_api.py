@@ -173,6 +173,8 @@ async def running(root: Path, policy: str, limits: dict[str, Any]) -> AsyncItera
             "state_dir": str(root / "state"),
             "console_log_dir": str(root / "console"),
             "hooks_dir": str(root / "hooks.d"),
+            "authorized_keys_dir": str(root / "authorized_keys"),
+            "totp_users_file": str(root / "totp" / "users.oath"),
             "pam_service": "",
             "limits": {"requests_per_minute": 100000, **limits},
             "backend": {
@@ -384,6 +386,32 @@ async def test_actions_wait_for_a_writable_audit_log_while_reads_go_on(site: Sit
     assert result_of(await client.call("whoami"))["user"] == ME  # written again: back to normal
     assert result_of(await client.call("start", domain="web1"))["domain"] == "web1"
     assert [r["result"] for r in site.requests("start")] == ["ok"]
+
+
+@with_helper(policy=POLICY + f"allow user:{ME} keys *\n")
+async def test_key_changes_wait_for_a_writable_audit_log_too(site: Site) -> None:
+    """A tenant's own key change is audited like an action: refused while the log is full."""
+    import paramiko
+
+    key = paramiko.ECDSAKey.generate()
+    line = f"{key.get_name()} {key.get_base64()} laptop"
+    audit = site.helper.audit
+    assert audit._fd is not None
+    kept = os.dup(audit._fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, audit._fd)
+    try:
+        client = await site.connect()
+        assert result_of(await client.call("whoami"))["user"] == ME  # its record is lost
+        kind, text = error_of(await client.call("keys-add", line=line))
+        assert kind == "temporary" and text.startswith("the audit log cannot be written")
+        assert result_of(await client.call("keys"))["keys"] == []
+    finally:
+        os.dup2(kept, audit._fd)
+        os.close(kept)
+        os.close(full)
+    assert result_of(await client.call("whoami"))["user"] == ME  # written again
+    assert result_of(await client.call("keys-add", line=line))
 
 
 @with_helper()

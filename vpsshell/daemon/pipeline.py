@@ -52,6 +52,8 @@ RATE_LIMITED_DELAY_MAX_SECONDS = 1.0  # a request over budget waits this long fo
 STATE_CHANGING_ACTIONS = frozenset(
     {"start", "shutdown", "reboot", "poweroff", "reset", "sysrq", "console"}
 )
+# self-service changes to a tenant's own access (no domain action): audited like actions
+STATE_CHANGING_OPERATIONS = frozenset({"keys-add", "keys-remove", "totp-confirm"})
 
 
 class TenantApi:
@@ -104,7 +106,11 @@ class TenantApi:
             fresh = self.authorizer.current_caller(caller, audit)
             request, operation = self._sanitize(fresh, untrusted, request_id, progress, audit)
             request, target = await self.authorizer.authorize(request, operation.action, audit)
-            if operation.action in STATE_CHANGING_ACTIONS and not self._audit_ready(audit):
+            changes = (
+                operation.action in STATE_CHANGING_ACTIONS
+                or operation.name in STATE_CHANGING_OPERATIONS
+            )
+            if changes and not self._audit_ready(audit):
                 raise TemporaryFailure(
                     "the audit log cannot be written, so actions are refused for now; "
                     "your provider has been told"
