@@ -622,3 +622,14 @@ def test_every_parser_leaf_has_a_handler() -> None:
     parser = build_parser()
     args = parser.parse_args(["policy", "who", "web1"])
     assert callable(args.handler)
+
+
+def test_a_partial_revoke_of_everything_keeps_the_key_action(site: Site) -> None:
+    granted = admin(site, "policy", "grant", "user:bob", "*", "web2")
+    assert granted.code == 0, granted.out
+    result = admin(site, "policy", "revoke", "user:bob", "reset", "web2")
+    assert result.code == 0, result.out
+    kept = site.read(MANAGED_FILE).removeprefix(MANAGED_HEADER)
+    assert kept.startswith("allow user:bob ") and kept.rstrip().endswith(",keys web2"), kept
+    assert "reset" not in kept
+    assert admin(site, "policy", "check").code == 0

@@ -23,7 +23,7 @@ from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
 from vpsshell.admin.policydir import PolicyLock, load_with_overlay, read_policy_file
 from vpsshell.policy import ACTIONS, Policy, Rule
-from vpsshell.policy.model import ALL_ACTIONS
+from vpsshell.policy.model import ALL_ACTIONS, SELF_SERVICE
 from vpsshell.policy.parser import tokenize_line
 
 MANAGED_FILE = "90-vpsshell-admin.policy"
@@ -276,7 +276,7 @@ def _revoke_lines(
             names = (
                 "*"
                 if kept_actions == ALL_ACTIONS
-                else ",".join(a for a in ACTIONS if a in kept_actions)
+                else ",".join(a for a in (*ACTIONS, *SELF_SERVICE) if a in kept_actions)
             )
             result.append(rule_line("allow", rule.subject, names, sorted(domains), *options))
     return result, touched
