@@ -94,6 +94,7 @@ def test_uninstall_leaves_the_root_as_it_was(host: Path) -> None:
     assert (host / "usr/local/bin/vpsshell").exists()
     assert "/usr/local/bin/vpsshell" in (host / "etc/shells").read_text()
     assert "run `mandb` on the installed system" in installed.stderr  # not run for a --root
+    assert (host / "etc/vpsshell/totp").stat().st_mode & 0o777 == 0o700  # TOTP secrets: root only
     (host / "etc/vpsshell/policy.d/.vpsshell-admin.lock").touch()  # left by a policy change
     if (ROOT / "logrotate/vpsshell").exists():
         rotated = (host / "etc/logrotate.d/vpsshell").read_text()

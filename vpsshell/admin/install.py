@@ -58,6 +58,8 @@ SOCKET_UNIT_FILE = "/etc/systemd/system/vpsshelld.socket"
 SSHD_SNIPPET = "/etc/ssh/sshd_config.d/vpsshell.conf"
 LOGROTATE_FILE = "/etc/logrotate.d/vpsshell"
 AUTHORIZED_KEYS_DIR = "/etc/vpsshell/authorized_keys"
+TOTP_DIR = "/etc/vpsshell/totp"  # pam_oath's users file (secrets): root only
+PRIVATE_DIRECTORIES = frozenset({TOTP_DIR})
 SHELLS = "/etc/shells"
 LOCAL_POLICY = "50-local.policy"
 
@@ -291,6 +293,7 @@ class Layout:
             self.policy_dir,
             self.hooks_dir,
             AUTHORIZED_KEYS_DIR,
+            TOTP_DIR,
         ]
 
     def local_policy(self) -> ConfigFile:
@@ -451,7 +454,7 @@ def cmd_install(
     config, *system_files = layout.config_files()
     installer.file(config.path, config.content, 0o644, ours=False)
     for directory in data_dirs:
-        installer.directory(directory, 0o755)
+        installer.directory(directory, 0o700 if directory in PRIVATE_DIRECTORIES else 0o755)
     policy_dir = installer.at(layout.policy_dir)
     existing = os.listdir(policy_dir) if os.path.isdir(policy_dir) else []
     if not any(name.endswith(".policy") for name in existing):
