@@ -188,3 +188,22 @@ def test_links_are_minted_only_for_what_the_policy_allows(web: WebConsole) -> No
 
     refused = vpsshell_admin(web.helper, "console-url", "vpst-bob", "web4")
     assert refused.code == 77, refused
+
+
+def test_a_takeover_link_takes_the_console_from_an_ssh_writer(
+    web: WebConsole, browsers: Callable[[], Any]
+) -> None:
+    import pexpect
+
+    ssh_console = console_as(web.helper, "vpst-alice", "web1")
+    try:
+        ssh_console.expect("Press Ctrl-]")
+        driver = browsers()
+        open_link(driver, web.mint("vpst-alice", "web1", "--takeover"))
+        assert page_state(driver) == "attached" and text_of(driver, "mode") == "writer"
+        ssh_console.expect("taken over by vpst-alice")
+        ssh_console.expect(pexpect.EOF)
+    finally:
+        ssh_console.close()
+    takeovers = [r for r in web.helper.audit() if r.get("action") == "console"]
+    assert takeovers[-1]["console"]["takeover"] is True and takeovers[-1]["via"] == "web"
