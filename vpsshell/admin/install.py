@@ -48,6 +48,7 @@ SHIPPED = {
     "man/vpsshell-policy.5": "share/man/man5/vpsshell-policy.5",
     "man/vpsshelld.8": "share/man/man8/vpsshelld.8",
     "man/vpsshell-admin.8": "share/man/man8/vpsshell-admin.8",
+    "man/vpsshell-web.8": "share/man/man8/vpsshell-web.8",
 }
 MAN_PAGES = [name for name in SHIPPED if name.startswith("man/")]
 #: The daemon path written in the shipped unit; replaced by PREFIX/sbin/vpsshelld.
