@@ -22,7 +22,16 @@ from typing import Any
 import harness
 import pexpect
 import pytest
-from labkit import CONFIG_DIR, HELPER_LOG, HELPER_PID, OWNER, VENV, Lab, start_helper
+from labkit import (
+    CONFIG_DIR,
+    HELPER_CONFIG,
+    HELPER_LOG,
+    HELPER_PID,
+    OWNER,
+    VENV,
+    Lab,
+    start_helper,
+)
 
 pytestmark = pytest.mark.xenlab
 
@@ -82,6 +91,8 @@ def lab(xenlab: Lab) -> Iterator[Lab]:
             [
                 "set -e",
                 *(config_file(guest) for guest in GUESTS),
+                # as the README says: the hook waits until xl has built a domain (~20 s here)
+                f"sed -i '1i hook_timeout_seconds = 120' {HELPER_CONFIG}",
                 f"echo 'allow user:{OWNER} @all {names}' > {POLICY}",
                 f"chmod 644 {POLICY}",
                 "mkdir -p /etc/vpsshell/hooks.d",
@@ -102,7 +113,8 @@ def lab(xenlab: Lab) -> Iterator[Lab]:
         xenlab.run(
             f"kill $(cat {HELPER_PID}); sleep 1; tail -60 {HELPER_LOG}; "
             f"for d in {names}; do xl destroy $d 2>/dev/null; done; "
-            f"rm -f /etc/vpsshell/hooks.d/50-antispoof {POLICY}",
+            f"rm -f /etc/vpsshell/hooks.d/50-antispoof {POLICY}; "
+            f"sed -i '/^hook_timeout_seconds = 120$/d' {HELPER_CONFIG}",
             check=False,
         )
 
