@@ -388,6 +388,24 @@ async def test_actions_wait_for_a_writable_audit_log_while_reads_go_on(site: Sit
     assert [r["result"] for r in site.requests("start")] == ["ok"]
 
 
+@with_helper(policy=f"allow user:{ME} status web1\n")
+async def test_every_tenant_manages_their_own_keys_unless_a_rule_denies_it(site: Site) -> None:
+    """``keys`` needs no grant (keys_self_service); a deny rule still stops it."""
+    import paramiko
+
+    key = paramiko.ECDSAKey.generate()
+    line = f"{key.get_name()} {key.get_base64()} laptop"
+    client = await site.connect()
+    assert result_of(await client.call("keys-add", line=line))["fingerprint"].startswith("SHA256:")
+    assert len(result_of(await client.call("keys"))["keys"]) == 1
+    (added,) = site.requests("keys-add")
+    assert (added["decision"], added["rule"]) == ("allow", "keys_self_service")
+    site.write_policy(f"allow user:{ME} status web1\ndeny user:{ME} keys * reason=frozen\n")
+    await site.helper.policy.reload_async()
+    kind, _ = error_of(await client.call("keys"))
+    assert kind == "denied"
+
+
 @with_helper(policy=POLICY + f"allow user:{ME} keys *\n")
 async def test_key_changes_wait_for_a_writable_audit_log_too(site: Site) -> None:
     """A tenant's own key change is audited like an action: refused while the log is full."""

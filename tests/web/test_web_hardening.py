@@ -9,6 +9,7 @@ import re
 import socket
 import ssl
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,8 +126,22 @@ def test_the_service_refuses_to_serve_as_root(web: WebConsole) -> None:
     assert done.returncode == 64 and "refusing to serve as root" in done.stderr
 
 
-def test_a_host_without_a_web_console_says_so(helper: Any) -> None:
+def test_a_host_without_a_web_console_says_so(open_dir: Path, tenants: None) -> None:
+    from harness import Helper, run
+
+    helper = Helper(open_dir / "helper", extra_config="web_console = false").start()
+    try:
+        done = run("vpst-alice", helper, "webconsole web1")
+        assert done.code == 1 and "web console is not set up" in done.err, done
+        assert not (helper.root / "run" / "web.sock").exists()
+    finally:
+        helper.stop()
+
+
+def test_by_default_a_link_points_at_this_hosts_web_console(helper: Any) -> None:
     from harness import run
 
-    done = run("vpst-alice", helper, "webconsole web1")
-    assert done.code == 1 and "web console is not set up" in done.err, done
+    done = run("vpst-alice", helper, "webconsole web1 --json")
+    assert done.code == 0, done
+    assert done.json()["url"].startswith(f"https://{socket.getfqdn()}:8443/#")
+    assert (helper.root / "run" / "web.sock").is_socket()

@@ -203,6 +203,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
             per_user=limits.pre_hook_runs_per_user,
         ),
     )
+    tenant_api.authorizer.keys_by_default = config.keys_self_service
 
     from vpsshell.daemon.self_service import SelfService
 
@@ -216,7 +217,7 @@ async def start_helper(config: DaemonConfig) -> RunningHelper:
     policy.on_reload = on_reload
     policy.reload()
     await consoles.start_all()
-    web = _web_listener(config, tenant_api, accounts, audit) if config.web_socket else None
+    web = _web_listener(config, tenant_api, accounts, audit) if config.web_socket_path else None
     links = tenant_api.services.links
     admin_api = AdminApi(backend, policy, audit, consoles, limits, links=links)
     inherited = systemd.activated_socket(config.socket)
@@ -281,7 +282,7 @@ def _web_listener(
     from vpsshell.daemon.web_tokens import ConsoleLinks
 
     limits = config.limits
-    links = ConsoleLinks(config.web_url, limits, on_expired=expired_link_recorder(audit))
+    links = ConsoleLinks(config.web_link_url, limits, on_expired=expired_link_recorder(audit))
     tenant_api.services.links = links
     web_path = TenantApi(
         tenant_api.backend,
@@ -305,7 +306,7 @@ def _web_listener(
         log.warning(
             "web_socket_user %r does not exist; only root may use %s",
             config.web_socket_user,
-            config.web_socket,
+            config.web_socket_path,
         )
     else:
         allowed.add(entry.pw_uid)
@@ -318,7 +319,7 @@ def _web_listener(
     )
     return Listener(
         "web",
-        bind_socket(config.web_socket, 0o660 if group else 0o600, group),
+        bind_socket(config.web_socket_path, 0o660 if group else 0o600, group),
         web_api.handle,
         web_limits,
         audit,

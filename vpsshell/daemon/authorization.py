@@ -28,6 +28,7 @@ from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.totp import TotpChecker
 from vpsshell.errors import ConfirmRequired, Denied, TemporaryFailure, not_found_or_denied
 from vpsshell.policy import Decision
+from vpsshell.policy.engine import NO_GRANT
 from vpsshell.policy.model import SELF_SERVICE_ACTIONS
 
 
@@ -43,6 +44,9 @@ class Authorizer:
         self.backend = backend
         self.passwords = passwords
         self.accounts = accounts
+        # ``keys_self_service``: a tenant no rule names for ``keys`` may still manage their own
+        # (a deny rule, or this off, stops it; a grant with ``confirm=`` adds its step)
+        self.keys_by_default = True
         self.callers = CallerLookup()
         self.totp: TotpChecker | None = None  # confirm=totp; set where the helper is assembled
 
@@ -100,6 +104,10 @@ class Authorizer:
         its ``confirm=`` step, and the decision taken again after it."""
         decision = self.decide(request.caller, action, "")
         audit["rule"] = decision.deciding.location if decision.deciding else None
+        if not decision.allowed and decision.reason == NO_GRANT and self.keys_by_default:
+            audit["rule"] = "keys_self_service"
+            audit["decision"] = "allow"
+            return request
         if not decision.allowed:
             audit["decision"] = "deny"
             audit["reason"] = decision.reason

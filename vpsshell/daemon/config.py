@@ -21,6 +21,9 @@ def _default_pid_file(socket_path: str) -> str:
     return os.path.join(os.path.dirname(socket_path), "vpsshelld.pid")
 
 
+WEB_DEFAULT_PORT = 8443  # vpsshell-web's port unless its config says otherwise
+
+
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; the message names the key."""
 
@@ -106,9 +109,11 @@ class DaemonConfig:
     authorized_keys_dir: str = "/etc/vpsshell/authorized_keys"  # sshd's AuthorizedKeysFile dir
     keys_allow_removing_last: bool = False  # True: ``keys remove`` may take a tenant's last key
     totp_users_file: str = "/etc/vpsshell/totp/users.oath"  # pam_oath usersfile=, 0600
-    web_socket: str = ""  # "": no web console; else where vpsshell-web redeems console links
+    web_console: bool = True  # False: no console links, no web socket
+    web_socket: str = ""  # where vpsshell-web redeems console links ("": see web_socket_path)
     web_socket_user: str = "vpsshell-web"  # the only user (besides root) that may connect there
-    web_url: str = ""  # https URL of vpsshell-web's page; a console link is this plus #TOKEN
+    web_url: str = ""  # vpsshell-web's page; a console link is this plus #TOKEN (web_link_url)
+    keys_self_service: bool = True  # every tenant may manage their own keys unless denied
     limits: Limits = field(default_factory=Limits)
     backend: dict[str, Any] = field(default_factory=lambda: {"type": "sim"})
     source: str = "<defaults>"
@@ -121,6 +126,26 @@ class DaemonConfig:
             return self.recordings_dir
         parent = os.path.dirname(self.console_log_dir.rstrip("/")) or "/"
         return os.path.join(parent, "recordings")
+
+    @property
+    def web_socket_path(self) -> str:
+        """The web socket: ``web_socket``, else ``web.sock`` beside the tenant socket
+        (/run/vpsshell/web.sock); "" with ``web_console`` off."""
+        if not self.web_console:
+            return ""
+        return self.web_socket or os.path.join(os.path.dirname(self.socket), "web.sock")
+
+    @property
+    def web_link_url(self) -> str:
+        """The page console links point at: ``web_url``, else vpsshell-web's default place on
+        this host (https://FQDN:8443/); "" with ``web_console`` off."""
+        if not self.web_console:
+            return ""
+        if self.web_url:
+            return self.web_url
+        import socket
+
+        return f"https://{socket.getfqdn()}:{WEB_DEFAULT_PORT}/"
 
 
 _PATH_KEYS = (
@@ -145,6 +170,8 @@ _BOOLEAN_KEYS = (
     "console_record_input",
     "audit_syslog",
     "keys_allow_removing_last",
+    "keys_self_service",
+    "web_console",
 )
 
 

@@ -34,7 +34,7 @@ class WebConfig:
     tls_certificate: str = "/etc/vpsshell/web/cert.pem"  # PEM, the chain after the certificate
     tls_key: str = "/etc/vpsshell/web/key.pem"  # readable by the service's user only
     helper_socket: str = WEB_SOCKET
-    public_url: str = ""  # https URL of the page (the helper's web_url): its origin is allowed
+    public_url: str = ""  # https URL of the page (the helper's web_url); "": https://FQDN:port/
     allowed_origins: tuple[str, ...] = ()  # more origins the page may be loaded from
     assets_dir: str = ASSETS_DIR
     max_sessions: int = 256  # browser consoles at once
@@ -42,8 +42,17 @@ class WebConfig:
     source: str = "<defaults>"
 
     @property
+    def page_url(self) -> str:
+        """``public_url``, else this host's name on ``port``: the helper's default ``web_url``."""
+        if self.public_url:
+            return self.public_url
+        import socket
+
+        return f"https://{socket.getfqdn()}:{self.port}/"
+
+    @property
     def origins(self) -> frozenset[str]:
-        found = {origin_of(self.public_url)} if self.public_url else set()
+        found = {origin_of(self.page_url)}
         return frozenset(found | {origin.lower().rstrip("/") for origin in self.allowed_origins})
 
 
