@@ -213,3 +213,10 @@ def test_the_tenant_shell_never_loads_paramiko() -> None:
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_ending_sessions_never_signals_root_processes() -> None:
+    """Root is no tenant: a key removed by root (a test, a mistake) must not stop the host."""
+    from vpsshell.daemon.keys import end_sessions
+
+    assert end_sessions(0, os.getpid()) == 0

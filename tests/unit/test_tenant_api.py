@@ -400,6 +400,10 @@ async def test_every_tenant_manages_their_own_keys_unless_a_rule_denies_it(site:
     assert len(result_of(await client.call("keys"))["keys"]) == 1
     (added,) = site.requests("keys-add")
     assert (added["decision"], added["rule"]) == ("allow", "keys_self_service")
+    # the last key goes too: this caller is no SSH login that its removal would lock out
+    fingerprint = result_of(await client.call("keys"))["keys"][0]["fingerprint"]
+    assert result_of(await client.call("keys-remove", fingerprint=fingerprint))
+    assert result_of(await client.call("keys"))["keys"] == []
     site.write_policy(f"allow user:{ME} status web1\ndeny user:{ME} keys * reason=frozen\n")
     await site.helper.policy.reload_async()
     kind, _ = error_of(await client.call("keys"))

@@ -305,11 +305,34 @@ def _parent(pid: int) -> int:
         return 0
 
 
+MAX_ANCESTORS = 64
+
+
+def in_ssh_login(pid: int) -> bool:
+    """Whether ``pid`` runs under an sshd session (an ancestor named sshd): a tenant who
+    removes their last key from there would lock themselves out. The names can be forged, but
+    only to bypass the tenant's own safety net, never anyone else's."""
+    for _ in range(MAX_ANCESTORS):
+        pid = _parent(pid)
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                if fh.read().strip() == "sshd":
+                    return True
+        except OSError:
+            return False
+    return False
+
+
 def end_sessions(uid: int, keep_pid: int | None = None) -> int:
     """End every live session of ``uid``: signal each process it runs (for a tenant these are
     the login shells and the per-connection sshd processes that run as the tenant, whose end
     closes the connection). With ``keep_pid``, the process that asked, its ancestors and the
-    processes of its session are left alone. Returns how many processes were signalled."""
+    processes of its session are left alone. Returns how many processes were signalled.
+    Never for root: root is no tenant, and signalling every root process would stop the host."""
+    if uid == 0:
+        return 0
     kept: set[int] = set()
     keep_sid = None
     if keep_pid is not None:

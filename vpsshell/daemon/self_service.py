@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpsshell.daemon.config import DaemonConfig, Limits
-from vpsshell.daemon.keys import KeyFile, end_sessions
+from vpsshell.daemon.keys import KeyFile, end_sessions, in_ssh_login
 from vpsshell.daemon.operation import Request, Target, refuse_unknown
 from vpsshell.daemon.operations import TenantServices, operation
 from vpsshell.daemon.totp import TotpChecker, UsersFile, b32, otpauth_uri
@@ -137,10 +137,12 @@ async def op_keys_remove(api: TenantServices, request: Request, target: Target |
     key_file = service.key_file(caller.user, api.limits)
     fingerprint = request.args["fingerprint"]
     request.audit["key"] = fingerprint
+    # the last key: refused from an SSH login (it would lock the tenant out), unless allowed
+    allow_last = service.allow_removing_last or not await asyncio.to_thread(
+        in_ssh_login, caller.pid
+    )
     try:
-        await asyncio.to_thread(
-            key_file.remove, fingerprint, allow_last=service.allow_removing_last
-        )
+        await asyncio.to_thread(key_file.remove, fingerprint, allow_last=allow_last)
     except OSError as exc:
         raise TemporaryFailure(f"the key file cannot be written ({exc}); try again later") from None
     ended = await asyncio.to_thread(end_sessions, caller.uid, caller.pid)
