@@ -55,6 +55,9 @@ def _write_files(root: str, user: str, web_port: int | None = None) -> str:
             f'console_log_dir = "{root}/console"\n'
             f'hooks_dir = "{root}/hooks.d"\n'
             'pam_service = ""\n'  # an unprivileged helper cannot check other accounts
+            # the tenant's keys and second factor stay in the demo, whoever runs it
+            f'authorized_keys_dir = "{root}/authorized_keys"\n'
+            f'totp_users_file = "{root}/totp/users.oath"\n'
         )
         if web_port is not None:  # the web service runs as the demo's user too
             fh.write(
@@ -62,6 +65,8 @@ def _write_files(root: str, user: str, web_port: int | None = None) -> str:
                 f'web_socket_user = "{user}"\n'
                 f'web_url = "https://localhost:{web_port}/"\n'
             )
+        else:  # no web service runs: links would lead nowhere
+            fh.write("web_console = false\n")
         fh.write('\n[backend]\ntype = "sim"\nhost = "demo"\n')
         for name, vcpus, memory, boot in DOMAINS:
             fh.write(
