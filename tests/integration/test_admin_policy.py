@@ -218,3 +218,19 @@ def test_revoke_ends_a_live_console(helper: Helper) -> None:
     assert session.exitstatus == 77
     ended = [r for r in helper.audit() if r["action"] == "console-detach"]
     assert ended and ended[-1]["result"] == "revoked" and ended[-1]["user"] == "vpst-bob"
+
+
+def test_sessions_shows_who_is_attached_and_how(helper: Helper) -> None:
+    from harness import console_as, start_and_wait
+
+    start_and_wait(helper, "vpst-alice", "web1")
+    session = console_as(helper, "vpst-alice", "web1", "--no-replay")
+    session.expect("Press Ctrl-]")
+    wait_until(lambda: helper.admin("sessions") != [], 10, "the session listed")
+    result = admin(helper, "sessions")
+    assert result.code == 0, result
+    header, line = result.out.splitlines()
+    assert header.split() == ["ID", "USER", "DOMAIN", "MODE", "VIA", "PID", "SINCE"]
+    assert line.split()[1:5] == ["vpst-alice", "web1", "write", "shell"]
+    session.send("\x1d")
+    session.wait()

@@ -32,7 +32,7 @@ def cmd_sessions(ctx: AdminContext, as_json: bool) -> int:
     if not sessions:
         ctx.out("no console sessions")
         return AdminExit.OK
-    ctx.out(f"{'ID':>6}  {'USER':<16} {'DOMAIN':<16} {'MODE':<8} {'PID':>7}  SINCE")
+    ctx.out(f"{'ID':>6}  {'USER':<16} {'DOMAIN':<16} {'MODE':<8} {'VIA':<5} {'PID':>7}  SINCE")
     for entry in sessions:
         since = entry.get("since")
         when = (
@@ -43,7 +43,7 @@ def cmd_sessions(ctx: AdminContext, as_json: bool) -> int:
         ctx.out(
             f"{inert(entry.get('id')):>6}  {inert(entry.get('user')):<16} "
             f"{inert(entry.get('domain')):<16} {inert(entry.get('mode')):<8} "
-            f"{inert(entry.get('pid')):>7}  {when}"
+            f"{inert(entry.get('via') or 'shell'):<5} {inert(entry.get('pid')):>7}  {when}"
         )
     return AdminExit.OK
 
