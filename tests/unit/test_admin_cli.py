@@ -633,3 +633,13 @@ def test_a_partial_revoke_of_everything_keeps_the_key_action(site: Site) -> None
     assert kept.startswith("allow user:bob ") and kept.rstrip().endswith(",keys web2"), kept
     assert "reset" not in kept
     assert admin(site, "policy", "check").code == 0
+
+
+def test_explain_knows_keys_and_the_self_service_default(site: Site) -> None:
+    allowed = admin(site, "policy", "explain", "bob", "keys", "web2")
+    assert allowed.code == 0, allowed.err
+    assert allowed.out.startswith("ALLOW: bob keys web2\n")
+    assert "keys_self_service lets every tenant use it" in allowed.out
+    site.write("20-frozen.policy", "deny user:bob * * reason=frozen\n")
+    denied = admin(site, "policy", "explain", "bob", "keys", "web2")
+    assert denied.code == 1 and denied.out.startswith("DENY: bob keys web2\n"), denied.out

@@ -17,7 +17,8 @@ from vpsshell.admin.context import AdminContext, AdminError, AdminExit
 from vpsshell.admin.identities import Identities
 from vpsshell.admin.policydir import read_texts
 from vpsshell.policy import ACTIONS, Decision, Policy, PolicyError, load_policy_dir
-from vpsshell.policy.model import SUBJECT_NAME_RE, is_domain_name
+from vpsshell.policy.engine import allowed_by_self_service
+from vpsshell.policy.model import SELF_SERVICE, SUBJECT_NAME_RE, is_domain_name
 
 
 def located(policy_dir: str, error: PolicyError | lint.Finding) -> str:
@@ -95,16 +96,21 @@ def cmd_explain(
 ) -> int:
     _check_user(user)
     _check_domain(domain)
-    if action not in ACTIONS:
-        raise AdminError(
-            f"unknown action {action!r} (one of: {' '.join(ACTIONS)})", AdminExit.USAGE
-        )
+    known = (*ACTIONS, *SELF_SERVICE)
+    if action not in known:
+        raise AdminError(f"unknown action {action!r} (one of: {' '.join(known)})", AdminExit.USAGE)
     policy = load(ctx, policy_dir)
     principal, _ = _user_principal(ctx, user, identities)
     decision = policy.decide(user, principal.groups, action, domain, ctx.clock())
-    ctx.out(f"{'ALLOW' if decision.allowed else 'DENY'}: {user} {action} {domain}")
+    by_default = allowed_by_self_service(decision, ctx.config.keys_self_service)
+    allowed = decision.allowed or by_default
+    ctx.out(f"{'ALLOW' if allowed else 'DENY'}: {user} {action} {domain}")
     ctx.out(f"groups: {', '.join(sorted(principal.groups)) or '-'}")
-    if decision.reason and not decision.allowed:
+    if action in SELF_SERVICE:
+        ctx.out(f"note: {action} is the user's own account: the domain does not matter")
+    if by_default:
+        ctx.out(f"note: no rule names {action}; keys_self_service lets every tenant use it")
+    elif decision.reason and not decision.allowed:
         ctx.out(f"reason: {decision.reason}")
     if decision.implied_by:
         ctx.out(
@@ -118,9 +124,9 @@ def cmd_explain(
         ctx.out(f"{marker} {rule.location}: {rule.to_text()}")
     if policy.errors:
         report_broken(ctx, policy_dir, policy)
-    elif not decision.matches:
+    elif not decision.matches and not by_default:
         ctx.out("no rule matches (default deny)")
-    return AdminExit.OK if decision.allowed else AdminExit.FAILED
+    return AdminExit.OK if allowed else AdminExit.FAILED
 
 
 def _actions_text(decisions: list[Decision]) -> str:

@@ -28,7 +28,7 @@ from vpsshell.daemon.policy_state import PolicyState
 from vpsshell.daemon.totp import TotpChecker
 from vpsshell.errors import ConfirmRequired, Denied, TemporaryFailure, not_found_or_denied
 from vpsshell.policy import Decision
-from vpsshell.policy.engine import NO_GRANT
+from vpsshell.policy.engine import allowed_by_self_service
 from vpsshell.policy.model import SELF_SERVICE_ACTIONS
 
 
@@ -104,7 +104,7 @@ class Authorizer:
         its ``confirm=`` step, and the decision taken again after it."""
         decision = self.decide(request.caller, action, "")
         audit["rule"] = decision.deciding.location if decision.deciding else None
-        if not decision.allowed and decision.reason == NO_GRANT and self.keys_by_default:
+        if allowed_by_self_service(decision, self.keys_by_default):
             audit["rule"] = "keys_self_service"
             audit["decision"] = "allow"
             return request

@@ -33,6 +33,20 @@ from .model import (
 from .parser import ParsedPolicy, gc_paused, parse_sources
 
 NO_GRANT = "no rule grants this"
+
+
+def allowed_by_self_service(decision: Decision, enabled: bool) -> bool:
+    """A refused self-service action (``keys``) that no rule names at all, where the helper's
+    ``keys_self_service`` lets every tenant manage their own account: allowed after all. A deny
+    rule that names it still refuses (it matched). The helper and ``policy explain`` ask here."""
+    return (
+        enabled
+        and decision.action in SELF_SERVICE_ACTIONS
+        and not decision.allowed
+        and decision.reason == NO_GRANT
+    )
+
+
 DENIED_BY_RULE = "denied by policy"
 
 #: A subject with more rules than this gets its rules indexed by domain too; below it, looking
