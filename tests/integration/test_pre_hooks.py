@@ -292,3 +292,16 @@ def test_one_tenant_waiting_on_hooks_does_not_hold_up_another(
             process.kill()
             process.wait()
         helper.stop()
+
+
+def test_minting_a_web_console_link_runs_no_hook(hooked: Helper, open_dir: Path) -> None:
+    out = open_dir / "seen.jsonl"
+    install(hooked, "pre-console.d", "10-record", recorder(out))
+    hooked.start()
+    start_and_wait(hooked, "vpst-alice", "web1")
+    minted = run("vpst-alice", hooked, "webconsole web1")
+    assert minted.code == 0 and "https://" in minted.out, minted
+    assert seen(out) == []  # the console, when the link opens it, is where the hook runs
+    watched = run("vpst-alice", hooked, "console web1 --watch --no-replay")
+    assert watched.code == 0, watched
+    assert [s["env"]["VPSSHELL_ACTION"] for s in seen(out)] == ["watch"]

@@ -115,7 +115,9 @@ class TenantApi:
                     "the audit log cannot be written, so actions are refused for now; "
                     "your provider has been told"
                 )
-            if target is not None and operation.action is not None:
+            # the hooks come before the action itself: not before minting a web console link
+            # (webconsole), whose console runs its pre-console hooks when the link opens it
+            if target is not None and operation.action == operation.name:
                 request = await self._pre_action_hooks(request, operation.action, target)
             # asyncio.timeout, not wait_for: no task of its own and no extra turns of the loop
             # for every request (and on 3.11 wait_for can lose a cancellation, gh-86296)
