@@ -349,3 +349,15 @@ def vpsshell_admin(
         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", **(env or {})},
     )
     return Result(proc)
+
+
+def exit_while_frozen(helper: Helper, client: subprocess.Popen[bytes], timeout: float) -> Any:
+    """Stop ``helper`` (SIGSTOP: there, silent, its sockets open), wait up to ``timeout`` s for
+    ``client`` to give up, let the helper go on; returns the client's exit code and stderr."""
+    assert helper.process is not None and client.stderr is not None
+    helper.process.send_signal(signal.SIGSTOP)
+    try:
+        code = client.wait(timeout)
+    finally:
+        helper.process.send_signal(signal.SIGCONT)
+    return code, client.stderr.read().decode(errors="replace")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import BIN, Helper, python_as, start_and_wait, wait_until
+from harness import BIN, Helper, exit_while_frozen, python_as, start_and_wait, wait_until
 
 TENANT = "vpst-alice"
 PING_SECONDS, PING_MISSES = 1, 2
@@ -199,14 +199,7 @@ def test_follow_exits_69_when_its_helper_stops_answering(pinging: Helper) -> Non
     # an event shown means its session has begun, and so the first ping has come before it
     start_and_wait(pinging, TENANT, "web1")
     assert "web1  started" in read_until(follower, "web1  started")[-1]
-    assert pinging.process is not None
-    pinging.process.send_signal(signal.SIGSTOP)
-    try:
-        code = follower.wait(6 * BOUND + 10)
-    finally:
-        pinging.process.send_signal(signal.SIGCONT)
-    assert follower.stderr is not None
-    err = follower.stderr.read().decode(errors="replace")
+    code, err = exit_while_frozen(pinging, follower, 6 * BOUND + 10)
     assert code == 69, err
     assert f"the vpsshell helper stopped answering (nothing from it for {BOUND:g} s)" in err
     assert "Traceback" not in err

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import BIN, Helper, python_as, run, start_and_wait, wait_until
+from harness import BIN, Helper, exit_while_frozen, python_as, run, start_and_wait, wait_until
 
 TENANT = "vpst-alice"
 PING_SECONDS, PING_MISSES = 1, 3
@@ -142,14 +142,7 @@ def test_a_console_client_whose_helper_stops_answering_says_so_and_exits_69(
     pinging: Helper,
 ) -> None:
     client = console_client(pinging)
-    assert pinging.process is not None
-    pinging.process.send_signal(signal.SIGSTOP)
-    try:
-        code = client.wait(3 * BOUND + 10)
-    finally:
-        pinging.process.send_signal(signal.SIGCONT)
-    assert client.stderr is not None
-    err = client.stderr.read().decode(errors="replace")
+    code, err = exit_while_frozen(pinging, client, 3 * BOUND + 10)
     assert code == 69, err
     assert f"the vpsshell helper stopped answering (nothing from it for {BOUND:g} s)" in err
     assert "Traceback" not in err
