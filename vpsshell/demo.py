@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+from vpsshell import paths
+
 USAGE = "usage: vpsshell-demo [--web] [-c COMMAND]"
 ABOUT = """\
 Starts a private vpsshell helper on a simulated host (no root, no hypervisor) and opens
@@ -92,7 +94,7 @@ def _wait_for_socket(path: str, helper: subprocess.Popen[bytes], timeout: float)
     return False
 
 
-def _free_port(preferred: int = 8443) -> int:
+def _free_port(preferred: int = paths.WEB_PORT) -> int:
     for port in (preferred, 0):
         with socket.socket() as probe:
             try:

@@ -19,6 +19,15 @@ HOOKS_DIR = "/etc/vpsshell/hooks.d"
 AUDIT_LOG = "/var/log/vpsshell/audit.jsonl"
 STATE_DIR = "/var/lib/vpsshell"
 CONSOLE_LOG_DIR = "/var/log/vpsshell/console"
+WEB_PORT = 8443  # vpsshell-web's port unless its config says otherwise
+
+
+def default_web_url(port: int = WEB_PORT) -> str:
+    """Where vpsshell-web's page is unless configured: this host's name on ``port``; both the
+    helper's links (``web_url``) and the service's allowed origin (``public_url``) use it."""
+    import socket
+
+    return f"https://{socket.getfqdn()}:{port}/"
 
 
 def client_socket_path() -> str:

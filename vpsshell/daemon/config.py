@@ -21,9 +21,6 @@ def _default_pid_file(socket_path: str) -> str:
     return os.path.join(os.path.dirname(socket_path), "vpsshelld.pid")
 
 
-WEB_DEFAULT_PORT = 8443  # vpsshell-web's port unless its config says otherwise
-
-
 class ConfigError(Exception):
     """The config file is missing, unreadable or invalid; the message names the key."""
 
@@ -141,11 +138,7 @@ class DaemonConfig:
         this host (https://FQDN:8443/); "" with ``web_console`` off."""
         if not self.web_console:
             return ""
-        if self.web_url:
-            return self.web_url
-        import socket
-
-        return f"https://{socket.getfqdn()}:{WEB_DEFAULT_PORT}/"
+        return self.web_url or paths.default_web_url()
 
 
 _PATH_KEYS = (

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from vpsshell.paths import WEB_PORT, default_web_url
+
 WEB_CONFIG = "/etc/vpsshell/web.toml"
 WEB_SOCKET = "/run/vpsshell/web.sock"  # the helper's web_socket
 ASSETS_DIR = "/usr/local/share/vpsshell-web"  # xterm.js, from ``vpsshell-web fetch-assets``
@@ -30,7 +32,7 @@ def origin_of(url: str) -> str:
 @dataclass(frozen=True)
 class WebConfig:
     listen: str = "0.0.0.0"  # noqa: S104  # a public service
-    port: int = 8443
+    port: int = WEB_PORT
     tls_certificate: str = "/etc/vpsshell/web/cert.pem"  # PEM, the chain after the certificate
     tls_key: str = "/etc/vpsshell/web/key.pem"  # readable by the service's user only
     helper_socket: str = WEB_SOCKET
@@ -44,11 +46,7 @@ class WebConfig:
     @property
     def page_url(self) -> str:
         """``public_url``, else this host's name on ``port``: the helper's default ``web_url``."""
-        if self.public_url:
-            return self.public_url
-        import socket
-
-        return f"https://{socket.getfqdn()}:{self.port}/"
+        return self.public_url or default_web_url(self.port)
 
     @property
     def origins(self) -> frozenset[str]:
@@ -91,10 +89,7 @@ def parse_web_config(data: dict[str, Any], source: str = "<string>") -> WebConfi
     ):
         raise WebConfigError(f"{source}: allowed_origins: expected a list of https:// origins")
     values["allowed_origins"] = tuple(origins)
-    config = WebConfig(**values)
-    if not config.origins:
-        raise WebConfigError(f"{source}: public_url: needed (the page's https URL)")
-    return config
+    return WebConfig(**values)
 
 
 def load_web_config(path: str) -> WebConfig:
