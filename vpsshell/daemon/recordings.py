@@ -86,10 +86,6 @@ class Recording:
         self._parts_size = 0
         self._hand_over: asyncio.TimerHandle | None = None
 
-    @property
-    def active(self) -> bool:
-        return self._fd is not None
-
     def _record(self, code: bytes, payload: bytes) -> None:
         if self._fd is None:
             return
@@ -198,6 +194,7 @@ class RecordingStore:
         self.record_input = record_input
         self._wall_clock = wall_clock
         self._index: dict[str, RecordingInfo] = {}
+        self._active: dict[str, RecordingInfo] = {}  # recordings being written
         # finished recordings, oldest first: all of them, and per domain UUID
         self._finished: OrderedDict[str, RecordingInfo] = OrderedDict()
         self._finished_of: dict[str, OrderedDict[str, RecordingInfo]] = {}
@@ -226,11 +223,11 @@ class RecordingStore:
         self.enforce()
 
     def for_domain(self, uuid: str) -> list[RecordingInfo]:
-        """The recordings of one domain UUID, oldest first."""
-        return sorted(
-            (info for info in self._index.values() if info.uuid == uuid),
-            key=lambda info: (info.started, info.id),
-        )
+        """The recordings of one domain UUID, oldest first (from the per-domain index: a
+        tenant's request costs its own domain's recordings, not every domain's)."""
+        mine = list(self._finished_of.get(uuid, {}).values())
+        mine += [info for info in self._active.values() if info.uuid == uuid]
+        return sorted(mine, key=lambda info: (info.started, info.id))
 
     def get(self, rec_id: str) -> RecordingInfo | None:
         return self._index.get(rec_id) if is_recording_id(rec_id) else None
@@ -270,6 +267,7 @@ class RecordingStore:
         self._failed = False
         info.size = len(MAGIC)
         self._index[info.id] = info
+        self._active[info.id] = info
         self._count(info, info.size)
         return Recording(self, info, fd, record_input=self.record_input)
 
@@ -324,6 +322,7 @@ class RecordingStore:
         self._finished_of.setdefault(info.uuid, OrderedDict())[info.id] = info
 
     def finished(self, info: RecordingInfo) -> None:
+        self._active.pop(info.id, None)
         info.ended = self._wall_clock()
         self.write_info(info)
         self._finish(info)
