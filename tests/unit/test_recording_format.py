@@ -21,6 +21,7 @@ from vpsshell.recording_format import (
 )
 
 UUID = "88611d1b-c1ff-5174-be60-9187ca47c7bd"
+OTHER_UUID = "0b7c4a52-7f0e-4d3a-9a41-2f5d8c6e1a90"
 
 
 def exported(directory: Path) -> tuple[RecordingInfo, dict[str, Any], list[list[Any]]]:
@@ -94,3 +95,29 @@ def test_records_the_disk_writer_refused_are_counted_in_a_marker(tmp_path: Path)
     assert "kept-before" in output and "kept-after" in output and "x" not in output
     lost = [e[2] for e in events if e[1] == "m" and "lost" in e[2]]
     assert lost and lost[0].startswith(f"{1000 + RECORD.size} bytes of recording lost")
+
+
+def test_a_tenant_attaching_in_a_loop_keeps_only_the_newest_recordings(tmp_path: Path) -> None:
+    """Many short recordings of one domain: its count cap removes the oldest, not another
+    domain's."""
+
+    async def loop() -> list[str]:
+        store = RecordingStore(str(tmp_path), Limits(console_recordings_per_domain=3))
+        other = store.begin(domain="web2", uuid=OTHER_UUID)
+        assert other is not None
+        other.close("detached")
+        ids = []
+        for _ in range(8):
+            recording = store.begin(domain="web1", uuid=UUID)
+            assert recording is not None
+            ids.append(recording.info.id)
+            recording.close("detached")
+            assert await asyncio.to_thread(store.writer.flush, 10)
+            await asyncio.sleep(0)  # the writer's callback: the recording is finished
+        assert [info.id for info in store.for_domain(UUID)] == ids[-3:]
+        assert len(store.for_domain(OTHER_UUID)) == 1
+        return ids
+
+    ids = asyncio.run(loop())
+    left = sorted(name.split(".")[0] for name in os.listdir(tmp_path) if name.endswith(".json"))
+    assert len(left) == 4 and set(ids[-3:]) <= set(left)
